@@ -1,0 +1,393 @@
+"""Model config -> nn.Sequential, with every shape checked and explained.
+
+The builder walks the layer list with one sample's shape, infers each layer's input size,
+runs each layer on a `meta` tensor (no memory, no compute) to learn its output shape,
+and records a table row: output size, weight size, parameters, multiply-accumulates.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
+
+from cnn_cli.errors import UserError
+from cnn_cli.layers import CATALOGUE, COMPOSITES, LayerKind, Residual, Shape
+
+_WINDOWED = (_ConvNd, _MaxPoolNd, _AvgPoolNd)
+_AXES = {1: ("positions",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
+_RANKS = {1: "a flat vector", 2: "a C x L map", 3: "a C x H x W map", 4: "a C x D x H x W map"}
+
+
+@dataclass
+class Row:
+    """One line of the shape table."""
+
+    name: str  # the child's path in the model, as in state_dict keys: conv1, res1.body.conv2
+    label: str  # what the layer is: Conv2d (C_out=20, K=5, P=2, S=1)
+    shape: Shape  # output shape of one sample
+    weight: str = ""  # weight size, e.g. 20 x 1 x 5 x 5
+    params: int = 0
+    macs: int = 0  # multiply-accumulates per sample
+    depth: int = 0  # nesting inside residual blocks
+
+
+@dataclass
+class BuiltModel:
+    """A built network and the explanation of its shapes."""
+
+    model: nn.Sequential
+    input_shape: Shape
+    rows: list[Row]
+    warnings: list[str] = field(default_factory=list)
+    receptive_field: Shape | None = None
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.rows[-1].shape if self.rows else self.input_shape
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def macs(self) -> int:
+        return sum(row.macs for row in self.rows)
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return " x ".join(str(s) for s in shape)
+
+
+def build_model(layers: Any, input_shape: Sequence[int], where: str = "model.layers") -> BuiltModel:
+    """Build `layers` (a list of layer specs) for samples of `input_shape` (C, H, W)."""
+    if isinstance(layers, (DictConfig, ListConfig)):
+        layers = OmegaConf.to_container(layers, resolve=True)
+    walk = _Walk()
+    model = nn.Sequential()
+    walk.add_all(model, Counter(), layers, tuple(input_shape), where, path="", depth=0)
+    return BuiltModel(model, tuple(input_shape), walk.rows, walk.warnings, walk.receptive_field)
+
+
+def build_from_config(cfg: DictConfig) -> BuiltModel:
+    """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class."""
+    built = build_model(cfg.model.layers, cfg.dataset.input_shape)
+    classes = cfg.dataset.num_classes
+    if built.output_shape != (classes,):
+        raise UserError(
+            f"model.layers: the model '{cfg.model.name}' ends with output {fmt_shape(built.output_shape)} but "
+            f"dataset '{cfg.dataset.name}' has {classes} classes; end with "
+            "`- linear: {out_features: ${dataset.num_classes}}`"
+        )
+    return built
+
+
+def _parse(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """A spec is a layer name alone (`relu`) or a one-key mapping `{conv2d: {...}}`."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and len(spec) == 1:
+        (name, args), = spec.items()
+        if args is None:
+            return name, {}
+        if isinstance(args, dict):
+            return name, args
+        raise UserError(f"{where} ({name}): arguments must be a mapping such as {{kernel_size: 3}}, got {args!r}")
+    raise UserError(
+        f"{where}: expected a layer name (relu) or a one-key mapping ({{conv2d: {{out_channels: 16, "
+        f"kernel_size: 3}}}}), got {spec!r}"
+    )
+
+
+def _lookup(name: str, at: str) -> LayerKind:
+    if name in CATALOGUE:
+        return CATALOGUE[name]
+    known = sorted(CATALOGUE) + list(COMPOSITES)
+    close = difflib.get_close_matches(name.lower(), known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "known layers: " + ", ".join(known)
+    raise UserError(f"{at}: unknown layer '{name}'; {hint}")
+
+
+def _tuple(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def _compact(values: Sequence[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+class _Walk:
+    """State of one walk through a model config: the table so far and the receptive field."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.warnings: list[str] = []
+        self.receptive_field: Shape | None = None
+        self.jump: Shape | None = None
+
+    def add_all(self, seq: nn.Sequential, counters: Counter, specs: Any, shape: Shape, where: str,
+                path: str, depth: int, note: str = "") -> Shape:
+        """Append the layers of `specs` to `seq`; returns the shape that comes out."""
+        if not isinstance(specs, list) or not specs:
+            raise UserError(
+                f"{where} must be a non-empty list of layers, e.g. [{{conv2d: {{out_channels: 16, "
+                f"kernel_size: 3}}}}, relu]; got {specs!r}"
+            )
+        for i, spec in enumerate(specs):
+            name, args = _parse(spec, f"{where}[{i}]")
+            at = f"{where}[{i}] ({name}{note})"
+            if name == "repeat":
+                times, inner = self._repeat_args(args, at)
+                for r in range(times):
+                    rep_note = f", repeat {r + 1} of {times}" if times > 1 else note
+                    shape = self.add_all(seq, counters, inner, shape, f"{where}[{i}].repeat.layers", path, depth, rep_note)
+                continue
+            if name == "residual":
+                prefix = "res"
+            else:
+                kind = _lookup(name, at)
+                prefix = kind.prefix
+            counters[prefix] += 1
+            child = f"{prefix}{counters[prefix]}"
+            if name == "residual":
+                module, shape = self._residual(args, shape, at, f"{where}[{i}].residual.layers", path + child, depth)
+            else:
+                module, shape = self._layer(kind, args, shape, at, path + child, depth)
+            seq.add_module(child, module)
+        return shape
+
+    @staticmethod
+    def _repeat_args(args: dict[str, Any], at: str) -> tuple[int, list]:
+        if set(args) != {"times", "layers"}:
+            raise UserError(f"{at}: write repeat as {{times: N, layers: [...]}}, got keys {sorted(args)}")
+        times = args["times"]
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise UserError(f"{at}: times must be a whole number >= 1, got {times!r}")
+        return times, args["layers"]
+
+    def _layer(self, kind: LayerKind, args: dict[str, Any], shape: Shape, at: str, path: str,
+               depth: int) -> tuple[nn.Module, Shape]:
+        if kind.input_ndims and len(shape) not in kind.input_ndims:
+            raise UserError(_rank_message(kind, shape, at))
+        kwargs = self._kwargs(kind, args, shape, at)
+        meta = _construct(kind, kwargs, at, shape, device="meta")
+        self._check_window(meta, shape, at)
+        out = _propagate(meta, shape, at)
+        module = _construct(kind, kwargs, at, shape)
+        self.rows.append(Row(path, _label(module, shape), out, _weight(module), _params(module),
+                             _macs(module, out), depth))
+        self._update_receptive_field(module, len(shape) - 1)
+        return module, out
+
+    @staticmethod
+    def _kwargs(kind: LayerKind, args: dict[str, Any], shape: Shape, at: str) -> dict[str, Any]:
+        accepted = kind.accepted_kwargs()
+        for key in args:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise UserError(f"{at}: unknown argument '{key}'; {hint}{kind.name} accepts: {', '.join(accepted)}")
+        _check_types(kind, args, at)
+        kwargs = dict(args)
+        for key, value in kind.infer(shape).items():
+            if kind.must_agree and key in kwargs and kwargs[key] != value:
+                raise UserError(
+                    f"{at}: {key}={kwargs[key]} but the incoming shape {fmt_shape(shape)} gives {value}; "
+                    f"leave {key} out, it is inferred"
+                )
+            kwargs.setdefault(key, value)
+        params = inspect.signature(kind.cls.__init__).parameters
+        missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in kwargs]
+        if missing:
+            raise UserError(f"{at}: missing {', '.join(missing)}; e.g. {{{kind.name}: {{{missing[0]}: ...}}}}")
+        groups = kwargs.get("num_groups")
+        if kind.cls is nn.GroupNorm and isinstance(groups, int) and groups > 0 and shape[0] % groups:
+            raise UserError(f"{at}: num_groups={kwargs['num_groups']} does not divide the {shape[0]} "
+                            "incoming channels; pick a divisor of the channel count")
+        if issubclass(kind.cls, _ConvNd):
+            groups, out_channels = kwargs.get("groups", 1), kwargs.get("out_channels")
+            if isinstance(groups, int) and isinstance(out_channels, int) and groups > 0 and (
+                    shape[0] % groups or out_channels % groups):
+                raise UserError(f"{at}: groups={groups} must divide both in_channels={shape[0]} and "
+                                f"out_channels={out_channels}; pick a groups value that divides both")
+        return kwargs
+
+    def _check_window(self, module: nn.Module, shape: Shape, at: str) -> None:
+        """Apply output = (W - K + 2P) / S + 1 per spatial axis, before PyTorch does."""
+        if not isinstance(module, _WINDOWED) or module.padding == "same":
+            return
+        n = len(shape) - 1
+        kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
+        padding = (0,) * n if module.padding == "valid" else _tuple(module.padding, n)
+        dilation = _tuple(getattr(module, "dilation", 1), n)
+        for axis, (w, k, s, p, d) in enumerate(zip(shape[1:], kernel, stride, padding, dilation)):
+            span = d * (k - 1) + 1
+            k_text = f"kernel {k}" + (f" with dilation {d} (spans {span})" if d > 1 else "")
+            if span > w + 2 * p:
+                raise UserError(
+                    f"{at}: {k_text} is larger than its padded input: {_AXES[n][axis]} {w} + 2 x padding {p} "
+                    f"= {w + 2 * p} (input {fmt_shape(shape)}); use a smaller kernel_size or more padding, "
+                    "or downsample less before it"
+                )
+            # the windows stop short of the last positions; only those past the padding are lost
+            ignored = (w + 2 * p - span) % s - p
+            if ignored > 0 and not getattr(module, "ceil_mode", False):
+                self.warnings.append(
+                    f"{at}: (W - K + 2P) / S + 1 = ({w} - {span} + {2 * p}) / {s} + 1 is not a whole number; "
+                    f"the last {ignored} input {_AXES[n][axis]} are ignored (input {fmt_shape(shape)})"
+                )
+
+    def _update_receptive_field(self, module: nn.Module, n: int) -> None:
+        """Each conv or pool adds (K - 1) x jump; each stride multiplies the jump."""
+        if not isinstance(module, _WINDOWED):
+            return
+        if self.receptive_field is None or len(self.receptive_field) != n:
+            self.receptive_field, self.jump = (1,) * n, (1,) * n
+        kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
+        dilation = _tuple(getattr(module, "dilation", 1), n)
+        spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        self.receptive_field = tuple(r + (k - 1) * j for r, k, j in zip(self.receptive_field, spans, self.jump))
+        self.jump = tuple(j * s for j, s in zip(self.jump, stride))
+
+    def _residual(self, args: dict[str, Any], shape: Shape, at: str, where: str, path: str,
+                  depth: int) -> tuple[nn.Module, Shape]:
+        if set(args) != {"layers"}:
+            raise UserError(f"{at}: write residual as {{layers: [...]}}, got keys {sorted(args)}")
+        header = Row(path, "Residual", shape, depth=depth)
+        self.rows.append(header)
+        body = nn.Sequential()
+        out = self.add_all(body, Counter(), args["layers"], shape, where, path + ".body.", depth + 1)
+        header.shape = out
+        shortcut = nn.Identity() if out == shape else _projection(shape, out, at)
+        label = "+ shortcut (identity)" if out == shape else "+ shortcut (1x1 projection + norm)"
+        self.rows.append(Row(path + ".shortcut", label, out, _weight(shortcut), _params(shortcut),
+                             _macs(shortcut, out), depth + 1))
+        return Residual(body, shortcut), out
+
+
+def _check_types(kind: LayerKind, args: dict[str, Any], at: str) -> None:
+    """Catch a value of the wrong type by the kind of PyTorch's default, before PyTorch
+    fails somewhere deep with a message about tensors."""
+    params = inspect.signature(kind.cls.__init__).parameters
+    for key, value in args.items():
+        default = params[key].default
+        if isinstance(default, bool):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif isinstance(default, float):
+            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, int) or default is inspect.Parameter.empty:
+            ints = value if isinstance(value, list) else [value]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or (
+                key == "padding" and value in ("same", "valid"))
+            wanted = "a whole number or a list of them" + (", or 'same' / 'valid'" * (key == "padding"))
+        else:
+            continue
+        if not ok:
+            raise UserError(f"{at}: {key} must be {wanted}, got {value!r}")
+
+
+def _rank_message(kind: LayerKind, shape: Shape, at: str) -> str:
+    if kind.cls is nn.Linear:
+        return f"{at}: linear needs a flat input but gets the map {fmt_shape(shape)}; add `- flatten` before it"
+    wanted = " or ".join(_RANKS[n] for n in kind.input_ndims)
+    return f"{at}: {kind.name} needs {wanted} but gets {fmt_shape(shape)}; use a layer of the matching dimension"
+
+
+def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape, device: str = "cpu") -> nn.Module:
+    try:
+        with torch.device(device):
+            return kind.cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{at}: {err} (incoming shape {fmt_shape(shape)}); see the torch.nn.{kind.cls.__name__} docs") from err
+
+
+def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
+    try:
+        out = module(torch.empty((2, *shape), device="meta"))
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {first}") from err
+    out_shape = tuple(out.shape[1:])
+    if not out_shape or min(out_shape) <= 0:
+        raise UserError(f"{at}: output size reaches zero ({fmt_shape(shape)} -> {fmt_shape(out_shape)}); "
+                        "use less downsampling or more padding")
+    return out_shape
+
+
+def _projection(shape: Shape, out: Shape, at: str) -> nn.Sequential:
+    """1x1 conv (stride chosen to match) + batchnorm, so the shortcut has the body's shape."""
+    n = len(shape) - 1
+    if len(out) != len(shape) or n not in (1, 2, 3):
+        raise UserError(f"{at}: the residual body turns {fmt_shape(shape)} into {fmt_shape(out)}; "
+                        "a shortcut needs a map of the same rank: keep flatten outside residual blocks")
+    stride = tuple(math.ceil(w / o) for w, o in zip(shape[1:], out[1:]))
+    projected = tuple((w - 1) // s + 1 for w, s in zip(shape[1:], stride))
+    if projected != out[1:]:
+        raise UserError(f"{at}: no 1x1 strided projection turns {fmt_shape(shape)} into {fmt_shape(out)}; "
+                        "make the body downsample by a whole stride (e.g. conv stride 2 with padding 1)")
+    conv = getattr(nn, f"Conv{n}d")(shape[0], out[0], kernel_size=1, stride=stride, bias=False)
+    return nn.Sequential(conv, getattr(nn, f"BatchNorm{n}d")(out[0]))
+
+
+def _label(module: nn.Module, shape: Shape) -> str:
+    name = type(module).__name__
+    if isinstance(module, _ConvNd):
+        n = len(shape) - 1
+        padding = module.padding if isinstance(module.padding, str) else _compact(_tuple(module.padding, n))
+        parts = [f"C_out={module.out_channels}", f"K={_compact(module.kernel_size)}", f"P={padding}",
+                 f"S={_compact(module.stride)}"]
+        parts += [f"D={_compact(module.dilation)}"] * (max(module.dilation) > 1)
+        parts += [f"G={module.groups}"] * (module.groups > 1)
+        return f"{name} ({', '.join(parts)})"
+    if isinstance(module, (_MaxPoolNd, _AvgPoolNd)):
+        n = len(shape) - 1
+        parts = [f"K={_compact(_tuple(module.kernel_size, n))}", f"S={_compact(_tuple(module.stride, n))}"]
+        parts += [f"P={_compact(_tuple(module.padding, n))}"] * (max(_tuple(module.padding, n)) > 0)
+        return f"{name} ({', '.join(parts)})"
+    if isinstance(module, nn.Linear):
+        return f"{name} ({module.in_features} -> {module.out_features})"
+    if hasattr(module, "output_size"):
+        return f"{name} (out={_compact(_tuple(module.output_size, len(shape) - 1))})"
+    if isinstance(module, nn.GroupNorm):
+        return f"{name} ({module.num_groups} groups)"
+    if hasattr(module, "num_features"):
+        return f"{name} ({module.num_features})"
+    if hasattr(module, "p"):
+        return f"{name} (p={module.p})"
+    return name
+
+
+def _weight(module: nn.Module) -> str:
+    """Weight size as the lecture writes it: C_out x C_in x K x K, and in x out for linear."""
+    if isinstance(module, nn.Sequential):
+        return " + ".join(filter(None, (_weight(child) for child in module)))
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return ""
+    if isinstance(module, nn.Linear):
+        return f"{module.in_features} x {module.out_features}"
+    return fmt_shape(weight.shape)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _macs(module: nn.Module, out: Shape) -> int:
+    """Multiply-accumulates per sample of the conv and linear layers (the bulk of the work)."""
+    if isinstance(module, nn.Sequential):
+        return sum(_macs(child, out) for child in module)
+    if isinstance(module, _ConvNd):
+        return math.prod(out) * module.weight[0].numel()
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features
+    return 0
