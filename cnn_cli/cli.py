@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.errors import report_user_errors
@@ -16,9 +20,28 @@ CONFIG_PATH = "pkg://cnn_cli.configs"
 log = logging.getLogger("cnn_cli")
 
 
-def explain(built: BuiltModel, out=print) -> None:
+def _run_dir(resume: str | None, default: str) -> str:
+    """A resumed run continues in its own folder: the one holding checkpoints/last.pt."""
+    if not resume:
+        return default
+    path = Path(resume).expanduser()
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return str(path)
+
+
+def _hydra_subdir(resume: str | None) -> str:
+    """A resume records its own composed config beside the original run's .hydra/."""
+    return ".hydra" if not resume else f".hydra/resume-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+OmegaConf.register_new_resolver("cnn_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("cnn_hydra_subdir", _hydra_subdir, replace=True)
+
+
+def explain(built: BuiltModel) -> None:
     """Show the layer table, then each shape warning."""
-    out(format_table(built))
+    print(format_table(built))
     for warning in built.warnings:
         log.warning(warning)
 
@@ -33,3 +56,32 @@ def _summary(cfg: DictConfig) -> None:
 def summary() -> None:
     """cnn-summary model=X [dataset=Y]: the layer table, no data, no training."""
     _summary()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@report_user_errors
+def _train(cfg: DictConfig) -> float:
+    from cnn_cli.train import run  # torch-heavy imports only once the config composed
+
+    hydra_cfg = HydraConfig.get()
+    return run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+
+
+def train() -> None:
+    """cnn-train [overrides]: train, validate each epoch, test the best checkpoint."""
+    _train()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@report_user_errors
+def _eval(cfg: DictConfig) -> None:
+    from cnn_cli.evaluate import run_eval
+
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    report = run_eval(cfg)
+    print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
+
+
+def evaluate() -> None:
+    """cnn-eval checkpoint=PATH [split=test|val] [fuse_bn=true]."""
+    _eval()

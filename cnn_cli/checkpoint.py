@@ -1,0 +1,66 @@
+"""Checkpoints: written atomically, read as data only.
+
+A checkpoint is a dict of tensors, numbers, strings and the resolved config as plain
+containers, so `torch.load(weights_only=True)` reads it and a shared checkpoint can
+never run code when it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnn_cli.errors import UserError
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`:
+    a reader (or a crash) sees the previous checkpoint or the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def resolve(path: str | Path, key: str) -> Path:
+    """A run folder means its checkpoints/last.pt; a file is taken as it is."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/DATE/TIME) "
+                        "or a .pt file such as outputs/DATE/TIME/checkpoints/last.pt")
+    return p
+
+
+def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    """Read a checkpoint on the CPU, refusing anything that is not plain data."""
+    p = resolve(path, key)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{key}={path}: refused to open {p}: it holds objects that are not plain data, "
+                        f"and loading it could run code ({str(err).splitlines()[0][:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(f"{key}={path}: {p} is not a readable checkpoint (truncated or not a cnn-cli "
+                        f"checkpoint: {str(err).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{key}={path}: {p} is not a cnn-cli checkpoint (no model weights and config in it)")
+    return state

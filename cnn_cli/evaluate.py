@@ -1,0 +1,161 @@
+"""Evaluation: one pass over a split in eval mode, and batchnorm folding for inference."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from cnn_cli import checkpoint, data as data_mod, runtime
+from cnn_cli.builder import build_from_config
+from cnn_cli.data import Data, Split
+from cnn_cli.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    predictions: Tensor  # (N,) on the CPU, in the split's order
+    labels: Tensor
+
+    def per_class_accuracy(self, num_classes: int) -> list[float]:
+        matrix = self.confusion(num_classes)
+        return (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
+
+    def confusion(self, num_classes: int) -> Tensor:
+        """Rows are true classes, columns predicted classes."""
+        flat = self.labels * num_classes + self.predictions
+        return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit: int | None = None,
+             amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+             channels_last: bool = False) -> EvalResult:
+    """Mean loss and accuracy over the split (or its first `limit` batches), in eval mode so
+    batchnorm uses and keeps its running statistics."""
+    was_training = model.training
+    model.eval()
+    loss_sum, preds, labels = 0.0, [], []
+    with torch.inference_mode():
+        for images, targets in data_mod.eval_batches(data, split, batch_size, limit):
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with amp():
+                logits = model(images)
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            preds.append(logits.argmax(1).cpu())
+            labels.append(targets.cpu())
+    model.train(was_training)
+    predictions, labels_all = torch.cat(preds), torch.cat(labels)
+    n = len(labels_all)
+    return EvalResult(loss_sum / n, (predictions == labels_all).sum().item() / n, predictions, labels_all)
+
+
+def fuse_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    """Fold each eval-mode batchnorm into the conv or linear right before it.
+
+    At test time batchnorm is the affine map y = gamma (x - mu) / sqrt(var + eps) + beta,
+    so W' = W * s and b' = (b - mu) * s + beta with s = gamma / sqrt(var + eps).
+    """
+    fused = copy.deepcopy(model).eval()
+    _fuse_in(fused)
+    return fused
+
+
+def _fuse_in(seq: nn.Module) -> None:
+    names = list(seq._modules)
+    for prev, name in zip(names, names[1:]):
+        layer, norm = seq._modules[prev], seq._modules[name]
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) \
+                and norm.track_running_stats:
+            _fold(layer, norm)
+            seq._modules[name] = nn.Identity()
+    for child in seq.children():
+        _fuse_in(child)
+
+
+@torch.no_grad()
+def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0)
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
+    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+    layer.bias = nn.Parameter(bias * scale + shift)
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
+    print and save loss, accuracy, per-class accuracy and the confusion matrix."""
+    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")
+    state = checkpoint.load(path, "checkpoint")
+    train_cfg = OmegaConf.create(state["config"])
+    if cfg.root:
+        train_cfg.dataset.root = cfg.root
+    if cfg.split not in ("test", "val"):
+        raise UserError(f"split={cfg.split}: choose test or val")
+    device = runtime.resolve_device(cfg.device)
+    precision = runtime.check_precision(train_cfg.trainer.precision, device)
+    model = build_from_config(train_cfg).model
+    model.load_state_dict(state["model"])
+    model.to(device)
+    data = data_mod.load(train_cfg.dataset, device)
+    split = data.test if cfg.split == "test" else data.val
+    batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
+    amp = functools.partial(runtime.autocast, device, precision)
+    result = evaluate(model, data, split, batch_size, amp=amp)
+    classes = list(train_cfg.dataset.classes)
+    report: dict[str, Any] = {
+        "checkpoint": str(path), "split": cfg.split, "dataset": data.name, "loss": result.loss,
+        "accuracy": result.accuracy, "per_class_accuracy": dict(zip(classes, result.per_class_accuracy(len(classes)))),
+        "confusion_matrix": result.confusion(len(classes)).tolist(),
+    }
+    log.info("%s on %s %s (%d images): loss %.4f, accuracy %.4f", train_cfg.model.name, data.name, cfg.split,
+             len(split), result.loss, result.accuracy)
+    log.info("%s", _format_confusion(result.confusion(len(classes)), classes))
+    if cfg.fuse_bn:
+        fused = fuse_batchnorm(model)
+        fused_result = evaluate(fused, data, split, batch_size, amp=amp)
+        report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
+                             "accuracy": fused_result.accuracy,
+                             "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}
+        log.info("batchnorm folded into the preceding layers: accuracy %.4f, largest logit difference %.2e",
+                 fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
+    out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("written %s", out)
+    return report
+
+
+def _max_difference(model: nn.Module, other: nn.Module, data: Data, split: Split, batch_size: int) -> float:
+    model.eval()
+    other.eval()
+    worst = 0.0
+    with torch.inference_mode():
+        for images, _ in data_mod.eval_batches(data, split, batch_size):
+            worst = max(worst, (model(images) - other(images)).abs().max().item())
+    return worst
+
+
+def _format_confusion(matrix: Tensor, classes: list[str]) -> str:
+    """The confusion matrix with per-class accuracy: rows true, columns predicted."""
+    names = [c[:10] for c in classes]
+    width = max(6, len(str(int(matrix.max()))) + 1, *(len(n) + 1 for n in names))
+    lines = ["true \\ predicted".ljust(12) + "".join(n.rjust(width) for n in names) + "  accuracy".rjust(width + 2)]
+    for name, row in zip(names, matrix.tolist()):
+        acc = row[names.index(name)] / max(1, sum(row))
+        lines.append(name.ljust(12) + "".join(str(v).rjust(width) for v in row) + f"{acc:.4f}".rjust(width + 2))
+    return "\n".join(lines)

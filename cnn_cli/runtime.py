@@ -1,0 +1,62 @@
+"""Where and how tensors are computed: device choice, precision, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from cnn_cli.errors import UserError
+
+PRECISIONS = ("32", "bf16", "16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.device={name} but no CUDA GPU is visible here; use trainer.device=auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA GPU(s) are "
+                            f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"trainer.device={name} but MPS is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision} is not one of {', '.join(PRECISIONS)}")
+    if precision == "16" and device.type != "cuda":
+        raise UserError(f"trainer.precision=16 needs a CUDA GPU, not {device.type}; use trainer.precision=bf16 or 32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("trainer.precision=bf16: this GPU has no bfloat16; use trainer.precision=16 or 32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for bf16 and 16; plain float32 otherwise."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_deterministic(on: bool) -> None:
+    """Deterministic kernels, so a resumed run repeats an uninterrupted one bit for bit."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = not on

@@ -1,0 +1,341 @@
+"""The training loop: one readable path from config to metrics.json.
+
+Everything random is a function of (seed, epoch) or saved in the checkpoint, so a run
+stopped at any step and resumed ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import signal
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import cnn_cli
+from cnn_cli import checkpoint, data as data_mod, runtime, tb
+from cnn_cli.builder import build_from_config
+from cnn_cli.errors import UserError
+from cnn_cli.evaluate import evaluate
+from cnn_cli.summary import format_table
+
+log = logging.getLogger(__name__)
+
+# Optimizer and scheduler configs name a class to instantiate; a config read back from a
+# shared checkpoint may only name these.
+_ALLOWED_TARGETS = ("torch.optim.",)
+# schedulers whose length the trainer fills in
+_LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps so far, the TensorBoard x-axis
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    # the epoch's running sums, so an epoch resumed mid-way reports the same numbers
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to finish its step, save and exit; a second one
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> "StopRequest":
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: finishing this step, then saving (again to stop at once)", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
+    """Train as cfg says, in run_dir; returns the best validation accuracy (for sweepers)."""
+    resume = cfg.resume
+    resumed = checkpoint.load(resume, "resume") if resume else None
+    if resumed is not None:
+        cfg = _resumed_config(resumed, task_overrides)
+        if resumed["finished"] and resumed["progress"]["epoch"] >= cfg.trainer.epochs:
+            raise UserError(f"resume={resume}: that run already finished its {cfg.trainer.epochs} epochs (see "
+                            f"{run_dir / 'metrics.json'}); nothing to do. Add trainer.epochs=N to train on")
+    trainer = cfg.trainer
+    device = runtime.resolve_device(trainer.device)
+    precision = runtime.check_precision(trainer.precision, device)
+    runtime.make_deterministic(trainer.deterministic)
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    torch.manual_seed(cfg.seed)
+
+    built = build_from_config(cfg)
+    log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
+    for warning in built.warnings:
+        log.warning(warning)
+    model = built.model.to(device)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = data_mod.load(cfg.dataset, device)
+    log.info("data: %s, %d train / %d val / %d test images on %s", data.name, len(data.train), len(data.val),
+             len(data.test), device)
+
+    steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
+    if trainer.limit_train_batches:
+        steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
+    optimizer = _instantiate(cfg.optimizer, "optimizer")(model.parameters())
+    scheduler, per_step = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
+    progress = Progress()
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        progress = Progress(**resumed["progress"])
+        _set_rng_state(resumed["rng"])
+        log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, progress.epoch + 1, progress.batch, progress.step)
+    elif cfg.init_from:
+        load_weights(model, checkpoint.load(cfg.init_from, "init_from"), cfg.init_from)
+        log.info("initialised weights from %s", cfg.init_from)
+
+    forward = torch.compile(model) if trainer.compile else model
+    amp = functools.partial(runtime.autocast, device, precision)
+    ckpt_dir = run_dir / "checkpoints"
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    def state(finished: bool = False) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "progress": asdict(progress), "rng": _rng_state(), "config": config, "finished": finished,
+                "versions": _versions()}
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if resumed is not None else None)
+    if resumed is None:
+        _log_graph(writer, model, data)
+    crop = cfg.dataset.augment.crop_padding
+    model.train()
+    with StopRequest() as stop:
+        while progress.epoch < trainer.epochs:
+            epoch = progress.epoch
+            plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip)
+            batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch)
+            bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
+                       disable=not trainer.progress, leave=False, unit="batch", dynamic_ncols=True)
+            started = time.perf_counter()
+            for images, labels in bar:
+                if trainer.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with amp():
+                    logits = forward(images)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise UserError(f"epoch {epoch + 1}, step {progress.step + 1}: the loss is {loss.item()}; the run "
+                                    f"stopped and {ckpt_dir / 'last.pt'} keeps the last good state. Try a lower "
+                                    f"learning rate (optimizer.lr={cfg.optimizer.lr / 10:g}) or trainer.grad_clip_norm=1")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if trainer.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                if per_step:
+                    scheduler.step()
+                progress.batch += 1
+                progress.step += 1
+                progress.seen += len(labels)
+                progress.loss_sum += loss.item() * len(labels)
+                progress.correct += (logits.argmax(1) == labels).sum().item()
+                if progress.step % trainer.log_every_n_steps == 0:
+                    writer.add_scalar("train/loss_step", loss.item(), progress.step)
+                    elapsed = progress.train_seconds + time.perf_counter() - started
+                    bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
+                                    acc=f"{progress.correct / progress.seen:.4f}",
+                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}")
+                if stop.signum is not None:
+                    break
+            bar.close()
+            progress.train_seconds += time.perf_counter() - started
+            if stop.signum is not None:
+                checkpoint.save(state(), ckpt_dir / "last.pt")
+                log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
+                            epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
+                writer.close()
+                raise SystemExit(128 + stop.signum)
+            _end_epoch(cfg, model, data, progress, optimizer, writer, amp, ckpt_dir, state)
+            if not per_step:
+                scheduler.step()
+            checkpoint.save(state(), ckpt_dir / "last.pt")
+
+    return _finish(cfg, model, data, progress, writer, amp, run_dir, state)
+
+
+def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp, ckpt_dir: Path, state) -> None:
+    """Validate, log the epoch, keep best.pt, and reset the epoch's running sums."""
+    trainer = cfg.trainer
+    epoch = progress.epoch
+    val = evaluate(model, data, data.val, trainer.eval_batch_size, trainer.limit_val_batches, amp, trainer.channels_last)
+    row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
+           "val_loss": val.loss, "val_acc": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
+           "img_per_s": progress.seen / progress.train_seconds, "epoch_seconds": progress.train_seconds}
+    for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
+                     ("val_acc", "val/acc"), ("lr", "lr"), ("img_per_s", "throughput/img_per_s"),
+                     ("epoch_seconds", "time/epoch_seconds")):
+        writer.add_scalar(tag, row[key], progress.step)
+    filters = tb.first_conv_filters(model)
+    if filters is not None:
+        writer.add_image("filters/first_conv", filters, progress.step)
+    if trainer.log_histograms:
+        tb.write_histograms(writer, model, progress.step)
+    improved = val.accuracy > progress.best_acc
+    log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.0f img/s, %.1f s",
+             epoch + 1, trainer.epochs, row["train_loss"], row["train_acc"], val.loss, val.accuracy,
+             " (best)" if improved else "", row["lr"], row["img_per_s"], row["epoch_seconds"])
+    progress.history.append(row)
+    progress.epoch, progress.batch = epoch + 1, 0
+    progress.loss_sum, progress.correct, progress.seen, progress.train_seconds = 0.0, 0, 0, 0.0
+    if improved:
+        progress.best_acc, progress.best_epoch = val.accuracy, epoch + 1
+        checkpoint.save(state(), ckpt_dir / "best.pt")
+
+
+def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, run_dir: Path, state) -> float:
+    """Test the best checkpoint once, write metrics.json and hparams, print the summary."""
+    trainer = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    best = copy.deepcopy(model)  # the model keeps its last weights for last.pt
+    best.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
+    test = evaluate(best, data, data.test, trainer.eval_batch_size, None, amp, trainer.channels_last)
+    mistakes = tb.mistakes_grid(data.test.images, test.predictions, test.labels, list(cfg.dataset.classes))
+    if mistakes is not None:
+        writer.add_image("test/misclassified", mistakes, progress.step, dataformats="HWC")
+    metrics = {"best_val_acc": progress.best_acc, "best_epoch": progress.best_epoch, "test_acc": test.accuracy,
+               "test_loss": test.loss}
+    tb.write_hparams(writer, {**tb.flat_hparams(cfg), "data": data.name},
+                     {f"hparam/{k}": v for k, v in metrics.items()}, progress.step)
+    writer.close()
+    report = {**metrics, "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
+              "steps": progress.step, "history": progress.history, "run_dir": str(run_dir), **_versions()}
+    (run_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    checkpoint.save(state(finished=True), ckpt_dir / "last.pt")
+    rule = "-" * 60
+    log.info("\n%s\nbest val acc   %.4f (epoch %d)\ntest acc       %.4f  (best.pt, %d test images, %s)\n"
+             "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
+             rule, progress.best_acc, progress.best_epoch, test.accuracy, len(data.test), data.name, run_dir,
+             run_dir, rule)
+    return progress.best_acc
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    epochs: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """The configured torch scheduler, after an optional linear warm-up; returns it and
+    whether it steps every optimizer step (else every epoch). The run's length (T_max,
+    total_steps) is filled in here, since only the trainer knows the steps per epoch."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    per_step = options.pop("interval") == "step"
+    warmup = options.pop("warmup_epochs") * (steps_per_epoch if per_step else 1)
+    total = epochs * (steps_per_epoch if per_step else 1)
+    length_key = _LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])
+    if length_key and options.get(length_key) is None:
+        options[length_key] = max(1, total - warmup)
+    main = _instantiate(OmegaConf.create(options), "scheduler")(optimizer)
+    if not warmup:
+        return main, per_step
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_step
+
+
+def _instantiate(cfg: DictConfig, key: str):
+    target = cfg.get("_target_", "")
+    if not str(target).startswith(_ALLOWED_TARGETS):
+        raise UserError(f"{key}._target_={target}: only torch.optim classes can be named here")
+    try:
+        return instantiate(cfg)
+    except Exception as err:  # Hydra wraps the constructor's own error
+        raise UserError(f"{key}: cannot build {target}: {str(err).splitlines()[0]}") from None
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], path: str) -> None:
+    """Load a checkpoint's weights, naming every key that does not fit."""
+    weights = state["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"missing {', '.join(missing[:5])}" * bool(missing), f"unexpected {', '.join(unexpected[:5])}" * bool(unexpected),
+                 f"shape mismatch {', '.join(mismatched[:5])}" * bool(mismatched)]
+        arch = state.get("config", {}).get("model", {}).get("name", "?")
+        raise UserError(f"init_from={path}: its weights (model '{arch}') do not fit this model: "
+                        f"{'; '.join(p for p in parts if p)}; use a checkpoint of the same architecture")
+    model.load_state_dict(weights)
+
+
+def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
+    """The checkpoint's own config, plus the dotted overrides typed now (e.g. trainer.epochs=20)."""
+    cfg = OmegaConf.create(resumed["config"])
+    dotted = [o for o in task_overrides if "." in o.split("=", 1)[0] and not o.startswith(("hydra.", "+", "~"))]
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotted))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "cnn_cli": cnn_cli.__version__}
+
+
+def _log_graph(writer: SummaryWriter, model: nn.Module, data: data_mod.Data) -> None:
+    example = data_mod.normalize(data.train.images[:2], data.mean, data.std)
+    try:
+        was_training = model.training
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            writer.add_graph(model.eval(), example)
+        model.train(was_training)
+    except Exception as err:  # tracing is best effort: a graph is not worth failing a run
+        log.warning("could not trace the model graph for TensorBoard: %s", str(err).splitlines()[0])
