@@ -1,0 +1,187 @@
+"""cnn-train and cnn-eval end to end, on the bundled MNIST sample with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnn_cli import checkpoint
+from cnn_cli.builder import build_model
+from cnn_cli.evaluate import fuse_batchnorm
+
+BIN = Path(sys.executable).parent
+TINY = ["dataset=mnist_sample", "trainer.progress=false", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1", "trainer.batch_size=32", "trainer.log_every_n_steps=2"]
+
+
+def cnn(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One tiny 2-epoch lenet5_bn run that several tests read."""
+    tmp = tmp_path_factory.mktemp("train")
+    cnn("cnn-train", *TINY, "model=lenet5_bn", "trainer.epochs=2", "trainer.log_histograms=true",
+        f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    return tmp / "run"
+
+
+def test_run_folder_holds_checkpoints_metrics_log_and_config(run_dir: Path) -> None:
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "train.log", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "mnist_sample"
+    assert metrics["epochs"] == 2 and metrics["steps"] == 8
+    assert 0 <= metrics["test_acc"] <= 1 and metrics["torch"] == torch.__version__
+    assert "1,256,650" in (run_dir / "train.log").read_text()  # the layer table is logged first
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert state["config"]["model"]["name"] == "lenet5_bn" and state["finished"]
+
+
+def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "throughput/img_per_s",
+                "time/epoch_seconds", "train/loss_step", "hparam/test_acc", "hparam/best_val_acc"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("val/acc")] == [4, 8]  # one per epoch, x-axis is the step
+    assert {"filters/first_conv", "test/misclassified"} <= set(tags["images"])
+    assert any(t.startswith("weights/") for t in tags["histograms"])
+    assert any(t.startswith("batchnorm/") and t.endswith("running_var") for t in tags["histograms"])
+    assert events.PluginTagToContent("hparams")  # hparams in the run's own folder, no sub-run
+    assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
+    assert tags["graph"]
+
+
+def test_cnn_eval_reproduces_the_test_accuracy_and_folds_batchnorm(run_dir: Path, tmp_path: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cnn("cnn-eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "fuse_bn=true", cwd=tmp_path)
+    report = json.loads((run_dir / "checkpoints" / "best.eval-test.json").read_text())
+    assert report["accuracy"] == metrics["test_acc"]
+    assert sum(map(sum, report["confusion_matrix"])) == 1000
+    assert report["fuse_bn"]["max_abs_logit_difference"] < 1e-4
+    assert report["fuse_bn"]["same_predictions"]
+
+
+def test_init_from_starts_from_trained_weights(run_dir: Path, tmp_path: Path) -> None:
+    source = run_dir / "checkpoints" / "best.pt"
+    cnn("cnn-train", *TINY, "model=lenet5_bn", "trainer.epochs=1", "optimizer.lr=0", "optimizer.weight_decay=0",
+        f"init_from={source}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    start, end = weights(source), weights(tmp_path / "run" / "checkpoints" / "last.pt")
+    # lr=0: the parameters stay the trained ones (batchnorm running statistics still move)
+    assert all(torch.equal(start[k], end[k]) for k in start if not k.endswith(("running_mean", "running_var",
+                                                                                 "num_batches_tracked")))
+
+
+def test_eval_mode_keeps_batchnorm_statistics_and_train_mode_updates_them() -> None:
+    layers = [{"conv2d": {"out_channels": 4, "kernel_size": 3}}, "batchnorm2d", "relu", "flatten",
+              {"linear": {"out_features": 3}}]
+    model = build_model(layers, (1, 8, 8)).model
+    x = torch.randn(16, 1, 8, 8) * 3 + 1
+    before = model.bn1.running_mean.clone()
+    model.eval()
+    with torch.inference_mode():
+        model(x)
+    assert torch.equal(model.bn1.running_mean, before)
+    model.train()
+    model(x)
+    assert not torch.equal(model.bn1.running_mean, before)
+
+
+def test_folded_batchnorm_gives_the_same_outputs() -> None:
+    layers = [{"conv2d": {"out_channels": 6, "kernel_size": 3, "bias": False}}, "batchnorm2d", "relu", "flatten",
+              {"linear": {"out_features": 8}}, "batchnorm1d", "relu", {"linear": {"out_features": 3}}]
+    model = build_model(layers, (2, 6, 6)).model
+    for _ in range(5):  # give the running statistics and affine parameters non-trivial values
+        model(torch.randn(32, 2, 6, 6) * 2 + 0.5)
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    model.eval()
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    x = torch.randn(64, 2, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(x), fused(x), atol=1e-5)
+
+
+def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    args = [*TINY, "model=lenet5_bn", "trainer.epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=12"]
+    cnn("cnn-train", *args, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([str(BIN / "cnn-train"), *args, f"hydra.run.dir={cut}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:  # interrupt during the second epoch
+        output.append(line)
+        if "epoch 1/3 " in line:
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, "".join(output)
+    assert "cnn-train resume=" in "".join(output)
+    stopped = checkpoint.load(cut / "checkpoints" / "last.pt")  # loadable, mid-run
+    assert not stopped["finished"] and stopped["progress"]["epoch"] == 1
+
+    cnn("cnn-train", f"resume={cut}", cwd=tmp_path)
+    full, resumed = weights(tmp_path / "full/checkpoints/last.pt"), weights(cut / "checkpoints/last.pt")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", cut))
+    assert (a["test_acc"], a["best_val_acc"], a["steps"]) == (b["test_acc"], b["best_val_acc"], b["steps"])
+    drop_timing = lambda h: [{k: v for k, v in e.items() if k not in ("img_per_s", "epoch_seconds")} for e in h]  # noqa: E731
+    assert drop_timing(a["history"]) == drop_timing(b["history"])
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    proc = cnn("cnn-train", *TINY, "optimizer.lr=1e12", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "epoch 1, step" in errors[0] and "lower learning rate" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # nothing half-trained saved
+
+
+@pytest.mark.parametrize("scheduler", ["none", "step", "multistep", "cosine", "onecycle"])
+def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+    from cnn_cli.train import build_scheduler
+
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"scheduler={scheduler}", "scheduler.warmup_epochs=1"])
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
+    sched, per_step = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=4)
+    assert per_step == (scheduler in ("cosine", "onecycle"))
+    assert optimizer.param_groups[0]["lr"] < cfg.optimizer.lr / 10  # warming up
+    lrs = []
+    for _ in range(40 if per_step else 4):
+        optimizer.step()
+        sched.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(cfg.optimizer.lr, rel=0.01)  # warm-up reaches the configured rate
+    if scheduler in ("cosine", "onecycle"):
+        assert lrs[-1] < cfg.optimizer.lr / 100  # and decays over the run's length, filled in by the trainer
+    path = tmp_path / "scheduler.pt"  # its state must load as plain data, like the whole checkpoint
+    torch.save(sched.state_dict(), path)
+    assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
