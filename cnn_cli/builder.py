@@ -238,6 +238,9 @@ class _Walk:
                     f"= {w + 2 * p} (input {fmt_shape(shape)}); use a smaller kernel_size or more padding, "
                     "or downsample less before it"
                 )
+            if span < s:
+                self.warnings.append(f"{at}: kernel {span} is smaller than stride {s}: {s - span} of every {s} "
+                                     f"input {_AXES[n][axis]} fall between windows and are never read")
             # the windows stop short of the last positions; only those past the padding are lost
             ignored = (w + 2 * p - span) % s - p
             if ignored > 0 and not getattr(module, "ceil_mode", False):

@@ -32,8 +32,9 @@ class LayerKind:
 
     def accepted_kwargs(self) -> list[str]:
         """PyTorch's own keyword names for this layer (the PyTorch docs apply)."""
-        params = inspect.signature(self.cls.__init__).parameters
-        return [p for p in params if p not in ("self", "device", "dtype")]
+        params = inspect.signature(self.cls.__init__).parameters.values()
+        return [p.name for p in params if p.name not in ("self", "device", "dtype")
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _channels(key: str) -> Callable[[Shape], dict[str, Any]]:
