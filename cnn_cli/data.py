@@ -97,12 +97,17 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     try:
         train, test = _open(cls, root, cfg.download)
     except _Missing as missing:
-        if cfg.get("fallback", False):
+        if cfg.get("fallback", False) and cls is datasets.MNIST:  # the bundled sample is MNIST
             _warn_fallback(cfg, root, missing)
             return (*_read_sample(), FALLBACK_NAME)
         raise UserError(f"dataset '{cfg.name}': {missing} in {_folder(cls, root)}; expected "
                         f"{', '.join(_expected_files(cls))} (torchvision's layout). Run once with network "
                         "(dataset.download=true) or copy them there, or set dataset.root") from None
+    for split in (train, test):
+        if len(split.data) != len(split.targets):
+            raise UserError(f"dataset '{cfg.name}': the {'train' if split.train else 'test'} files in "
+                            f"{_folder(cls, root)} hold {len(split.data)} images but {len(split.targets)} labels; "
+                            "one of them is from another dataset or damaged: delete them and download again")
     return (*_tensors(train), *_tensors(test), cfg.name)
 
 
@@ -151,8 +156,10 @@ def _broken_file(cls: type[datasets.VisionDataset], root: Path) -> Path | None:
     if issubclass(cls, datasets.MNIST):
         for name in _expected_files(cls):
             try:
-                read_sn3_pascalvincent_tensor(str(folder / name), strict=False)
+                tensor = read_sn3_pascalvincent_tensor(str(folder / name), strict=False)
             except Exception:
+                return folder / name
+            if tensor.ndim != (3 if "-images-" in name else 1):  # e.g. an images file under a labels name
                 return folder / name
         return None
     for name, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]:
