@@ -146,6 +146,8 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
     if resumed is None:
         _log_graph(writer, model, data)
     crop = cfg.dataset.augment.crop_padding
+    log.info("training: %d epochs of %d steps, batch %d, %s precision", trainer.epochs, steps_per_epoch,
+             trainer.batch_size, precision)
     model.train()
     with StopRequest() as stop:
         while progress.epoch < trainer.epochs:
@@ -181,10 +183,11 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
                 progress.correct += (logits.argmax(1) == labels).sum().item()
                 if progress.step % trainer.log_every_n_steps == 0:
                     writer.add_scalar("train/loss_step", loss.item(), progress.step)
+                if trainer.progress:  # tqdm redraws at most 10 times a second
                     elapsed = progress.train_seconds + time.perf_counter() - started
                     bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
                                     acc=f"{progress.correct / progress.seen:.4f}",
-                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}")
+                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
                 if stop.signum is not None:
                     break
             bar.close()

@@ -1,0 +1,150 @@
+"""Training speed of cnn-train against (b) a plain PyTorch loop over pre-loaded tensors and
+(c) the data pipeline of pytorch/examples mnist/main.py, side by side, same machine, same
+LeNet-5, batch 128, SGD, full MNIST.
+
+    python benchmarks/speed.py --root ../shared/data [--epochs 3] [--batches 200] [-- cnn-train overrides]
+
+Each contender runs in its own process, so peak RSS and start-up are its own. Throughput
+is images/s over the epochs after the first (the first warms up kernels and allocators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def lenet5():
+    """LeNet-5 written by hand: the same network as configs/model/lenet5.yaml."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(20, 50, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(2450, 500), nn.ReLU(), nn.Linear(500, 10),
+    )
+
+
+def train_loop(batches_of_epoch, epochs: int) -> None:
+    """The loop both baselines share; prints 'training:' at the first step and JSON at the end."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = lenet5()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    print("training:", flush=True)
+    rates = []
+    for epoch in range(epochs):
+        started, seen = time.perf_counter(), 0
+        for images, labels in batches_of_epoch(epoch):
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(labels)
+        loss.item()
+        rates.append(seen / (time.perf_counter() - started))
+    print(json.dumps({"img_per_s": sum(rates[1:]) / len(rates[1:])}), flush=True)
+
+
+def plain(root: str, epochs: int, batches: int) -> None:
+    """(b) The floor: the whole training set pre-normalised as one float tensor, sliced."""
+    import torch
+    from torchvision import datasets
+
+    train = datasets.MNIST(root, train=True, download=False)
+    x = ((train.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    y = train.targets
+
+    def epoch_batches(epoch: int):
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+        for b in range(batches):
+            idx = order[b * 128:(b + 1) * 128]
+            yield x[idx], y[idx]
+
+    train_loop(epoch_batches, epochs)
+
+
+def examples(root: str, epochs: int, batches: int) -> None:
+    """(c) pytorch/examples mnist/main.py's pipeline: per-sample ToTensor and Normalize, a
+    DataLoader with one worker."""
+    import itertools
+
+    import torch
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train = datasets.MNIST(root, train=True, download=False, transform=transform)
+    loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, num_workers=1)
+    train_loop(lambda epoch: itertools.islice(loader, batches), epochs)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run one contender; its img/s, peak RSS and seconds from start to the first step."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    first_step, lines = None, []
+    for line in proc.stdout:
+        lines.append(line)
+        if first_step is None and "training:" in line:
+            first_step = time.perf_counter() - started
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        sys.exit("".join(lines[-20:]) + f"\n{' '.join(cmd)} failed")
+    result = {"rss_mb": usage.ru_maxrss / 1024, "first_step_s": first_step}
+    reported = [json.loads(line) for line in lines if line.startswith("{")]
+    if reported:
+        result.update(reported[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=200, help="training batches per epoch")
+    parser.add_argument("--only", choices=["a", "b", "c"], action="append")
+    parser.add_argument("overrides", nargs="*", help="extra cnn-train overrides for (a)")
+    parser.add_argument("--role", choices=["plain", "examples"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        {"plain": plain, "examples": examples}[args.role](args.root, args.epochs, args.batches)
+        return
+
+    root = str(Path(args.root).resolve())
+    results = {}
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-speed-{os.getpid()}"
+    if "a" in (args.only or "abc"):
+        run_dir = tmp / "a"
+        results["a"] = measure([str(BIN / "cnn-train"), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
+                                "scheduler=none", f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
+                                f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",
+                                "trainer.progress=false", f"hydra.run.dir={run_dir}", *args.overrides])
+        history = json.loads((run_dir / "metrics.json").read_text())["history"]
+        results["a"]["img_per_s"] = sum(e["img_per_s"] for e in history[1:]) / len(history[1:])
+    for key, role in (("b", "plain"), ("c", "examples")):
+        if key in (args.only or "abc"):
+            results[key] = measure([sys.executable, __file__, "--role", role, "--root", root,
+                                    "--epochs", str(args.epochs), "--batches", str(args.batches)])
+
+    names = {"a": "(a) cnn-train", "b": "(b) plain loop, tensors", "c": "(c) examples/mnist DataLoader"}
+    print(f"\n{'':32}{'img/s':>9}{'peak RSS MB':>13}{'first step s':>14}")
+    for key, r in results.items():
+        print(f"{names[key]:32}{r['img_per_s']:9.0f}{r['rss_mb']:13.0f}{r['first_step_s']:14.1f}")
+    if {"a", "b"} <= results.keys():
+        print(f"a/b throughput {results['a']['img_per_s'] / results['b']['img_per_s']:.3f}   "
+              f"a/b peak RSS {results['a']['rss_mb'] / results['b']['rss_mb']:.3f}")
+    if {"a", "c"} <= results.keys():
+        print(f"a/c throughput {results['a']['img_per_s'] / results['c']['img_per_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
