@@ -1,8 +1,9 @@
 """Model config -> nn.Sequential, with every shape checked and explained.
 
 The builder walks the layer list with one sample's shape, infers each layer's input size,
-runs each layer on a `meta` tensor (no memory, no compute) to learn its output shape,
-and records a table row: output size, weight size, parameters, multiply-accumulates.
+checks conv and pool windows against the output-size formula, runs each layer on a tiny
+zero batch to learn its output shape, and records a table row: output size, weight size,
+parameters, multiply-accumulates.
 """
 
 from __future__ import annotations
@@ -179,10 +180,9 @@ class _Walk:
         if kind.input_ndims and len(shape) not in kind.input_ndims:
             raise UserError(_rank_message(kind, shape, at))
         kwargs = self._kwargs(kind, args, shape, at)
-        meta = _construct(kind, kwargs, at, shape, device="meta")
-        self._check_window(meta, shape, at)
-        out = _propagate(meta, shape, at)
         module = _construct(kind, kwargs, at, shape)
+        self._check_window(module, shape, at)
+        out = _propagate(module, shape, at)
         self.rows.append(Row(path, _label(module, shape), out, _weight(module), _params(module),
                              _macs(module, out), depth))
         self._update_receptive_field(module, len(shape) - 1)
@@ -305,17 +305,20 @@ def _rank_message(kind: LayerKind, shape: Shape, at: str) -> str:
     return f"{at}: {kind.name} needs {wanted} but gets {fmt_shape(shape)}; use a layer of the matching dimension"
 
 
-def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape, device: str = "cpu") -> nn.Module:
+def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape) -> nn.Module:
     try:
-        with torch.device(device):
-            return kind.cls(**kwargs)
+        return kind.cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"{at}: {err} (incoming shape {fmt_shape(shape)}); see the torch.nn.{kind.cls.__name__} docs") from err
 
 
 def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
+    """Run the layer on two zero samples, in eval mode so batchnorm statistics stay as built.
+    (A meta tensor would cost no compute but pulls in sympy: seconds on every start.)"""
     try:
-        out = module(torch.empty((2, *shape), device="meta"))
+        with torch.inference_mode():
+            out = module.eval()(torch.zeros((2, *shape)))
+        module.train()
     except (RuntimeError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {first}") from err

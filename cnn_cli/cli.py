@@ -13,9 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.errors import report_user_errors
-from cnn_cli.evaluate import run_eval
 from cnn_cli.summary import format_table
-from cnn_cli.train import run
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
 CONFIG_PATH = "pkg://cnn_cli.configs"
@@ -63,6 +61,8 @@ def summary() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors
 def _train(cfg: DictConfig) -> float:
+    from cnn_cli.train import run  # imported here: torchvision alone costs cnn-summary 2 s
+
     hydra_cfg = HydraConfig.get()
     return run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
@@ -75,6 +75,8 @@ def train() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @report_user_errors
 def _eval(cfg: DictConfig) -> None:
+    from cnn_cli.evaluate import run_eval
+
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     report = run_eval(cfg)
     print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))

@@ -72,16 +72,14 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
                         f"(the {name} training set has {len(train_y)} images)")
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
-    on = lambda x: x.to(device)  # noqa: E731
-    stats = lambda v: torch.tensor(list(v), dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
-    return Data(
-        train=Split(on(train_x[train_idx]), on(train_y[train_idx])),
-        val=Split(on(train_x[val_idx]), on(train_y[val_idx])),
-        test=Split(on(test_x), on(test_y)),
-        name=name,
-        mean=stats(cfg.mean),
-        std=stats(cfg.std),
-    )
+    def split(images: Tensor, labels: Tensor) -> Split:
+        return Split(images.to(device), labels.to(device))
+
+    def per_channel(values) -> Tensor:
+        return torch.tensor(list(values), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
+                split(test_x, test_y), name, per_channel(cfg.mean), per_channel(cfg.std))
 
 
 def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:

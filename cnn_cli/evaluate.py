@@ -111,12 +111,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     precision = runtime.check_precision(train_cfg.trainer.precision, device)
     model = build_from_config(train_cfg).model
     model.load_state_dict(state["model"])
-    model.to(device)
+    # the run's own batch size, precision and memory format: the same numbers, to the last digit
+    channels_last = train_cfg.trainer.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     data = data_mod.load(train_cfg.dataset, device)
     split = data.test if cfg.split == "test" else data.val
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    result = evaluate(model, data, split, batch_size, amp=amp)
+    result = evaluate(model, data, split, batch_size, amp=amp, channels_last=channels_last)
     classes = list(train_cfg.dataset.classes)
     report: dict[str, Any] = {
         "checkpoint": str(path), "split": cfg.split, "dataset": data.name, "loss": result.loss,
@@ -128,7 +130,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s", _format_confusion(result.confusion(len(classes)), classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
-        fused_result = evaluate(fused, data, split, batch_size, amp=amp)
+        fused_result = evaluate(fused, data, split, batch_size, amp=amp, channels_last=channels_last)
         report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
                              "accuracy": fused_result.accuracy,
                              "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}

@@ -210,13 +210,15 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
     """Validate, log the epoch, keep best.pt, and reset the epoch's running sums."""
     trainer = cfg.trainer
     epoch = progress.epoch
+    started = time.perf_counter()
     val = evaluate(model, data, data.val, trainer.eval_batch_size, trainer.limit_val_batches, amp, trainer.channels_last)
+    val_seconds = time.perf_counter() - started
     row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
            "val_loss": val.loss, "val_acc": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
-           "img_per_s": progress.seen / progress.train_seconds, "epoch_seconds": progress.train_seconds}
+           "img_per_s": progress.seen / progress.train_seconds, "epoch_seconds": progress.train_seconds, "val_seconds": val_seconds}
     for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
                      ("val_acc", "val/acc"), ("lr", "lr"), ("img_per_s", "throughput/img_per_s"),
-                     ("epoch_seconds", "time/epoch_seconds")):
+                     ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         writer.add_scalar(tag, row[key], progress.step)
     filters = tb.first_conv_filters(model)
     if filters is not None:
