@@ -96,7 +96,7 @@ def _parse(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
     """A spec is a layer name alone (`relu`) or a one-key mapping `{conv2d: {...}}`."""
     if isinstance(spec, str):
         return spec, {}
-    if isinstance(spec, dict) and len(spec) == 1:
+    if isinstance(spec, dict) and len(spec) == 1 and isinstance(next(iter(spec)), str):
         (name, args), = spec.items()
         if args is None:
             return name, {}
@@ -230,6 +230,9 @@ class _Walk:
         padding = (0,) * n if module.padding == "valid" else _tuple(module.padding, n)
         dilation = _tuple(getattr(module, "dilation", 1), n)
         for axis, (w, k, s, p, d) in enumerate(zip(shape[1:], kernel, stride, padding, dilation)):
+            if min(k, s, d) < 1 or p < 0:
+                raise UserError(f"{at}: kernel_size, stride and dilation must be >= 1 and padding >= 0; "
+                                f"got kernel {k}, stride {s}, dilation {d}, padding {p}")
             span = d * (k - 1) + 1
             k_text = f"kernel {k}" + (f" with dilation {d} (spans {span})" if d > 1 else "")
             if span > w + 2 * p:
@@ -268,9 +271,18 @@ class _Walk:
         header = Row(path, "Residual", shape, depth=depth)
         self.rows.append(header)
         body = nn.Sequential()
+        n = len(shape) - 1
+        jump_before = self.jump if self.jump is not None and len(self.jump) == n else (1,) * n
         out = self.add_all(body, Counter(), args["layers"], shape, where, path + ".body.", depth + 1)
         header.shape = out
-        shortcut = nn.Identity() if out == shape else _projection(shape, out, at)
+        first = next(iter(body.children()))
+        if getattr(first, "inplace", False):
+            raise UserError(f"{where}[0]: an in-place {type(first).__name__.lower()} at the start of a residual body "
+                            "would overwrite the input that the shortcut adds back; drop `inplace: true` there")
+        stride = None  # the body's own stride, when its convs and pools say it
+        if self.jump is not None and len(self.jump) == n:
+            stride = tuple(a // b for a, b in zip(self.jump, jump_before))
+        shortcut = nn.Identity() if out == shape else _projection(shape, out, at, stride)
         label = "+ shortcut (identity)" if out == shape else "+ shortcut (1x1 projection + norm)"
         self.rows.append(Row(path + ".shortcut", label, out, _weight(shortcut), _params(shortcut),
                              _macs(shortcut, out), depth + 1))
@@ -285,11 +297,12 @@ def _check_types(kind: LayerKind, args: dict[str, Any], at: str) -> None:
         default = params[key].default
         if isinstance(default, bool):
             ok, wanted = isinstance(value, bool), "true or false"
-        elif isinstance(default, float):
-            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        elif isinstance(default, int) or default is inspect.Parameter.empty:
+        elif isinstance(default, float):  # eps, momentum (None: a cumulative average), p, ...
+            ok, wanted = value is None or isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, int) or default is inspect.Parameter.empty or key in ("stride", "padding"):
             ints = value if isinstance(value, list) else [value]
-            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or (
+            ok = all(isinstance(v, int) and not isinstance(v, bool) or v is None and key == "output_size"
+                     for v in ints) or (value is None and key == "stride") or (
                 key == "padding" and value in ("same", "valid"))
             wanted = "a whole number or a list of them" + (", or 'same' / 'valid'" * (key == "padding"))
         else:
@@ -329,13 +342,15 @@ def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
     return out_shape
 
 
-def _projection(shape: Shape, out: Shape, at: str) -> nn.Sequential:
-    """1x1 conv (stride chosen to match) + batchnorm, so the shortcut has the body's shape."""
+def _projection(shape: Shape, out: Shape, at: str, stride: tuple[int, ...] | None) -> nn.Sequential:
+    """1x1 conv with the body's stride + batchnorm, so the shortcut has the body's shape and
+    samples the positions the body's windows start at."""
     n = len(shape) - 1
     if len(out) != len(shape) or n not in (1, 2, 3):
         raise UserError(f"{at}: the residual body turns {fmt_shape(shape)} into {fmt_shape(out)}; "
                         "a shortcut needs a map of the same rank: keep flatten outside residual blocks")
-    stride = tuple(math.ceil(w / o) for w, o in zip(shape[1:], out[1:]))
+    if stride is None:  # e.g. an adaptive pool in the body: the stride that fits
+        stride = tuple(math.ceil(w / o) for w, o in zip(shape[1:], out[1:]))
     projected = tuple((w - 1) // s + 1 for w, s in zip(shape[1:], stride))
     if projected != out[1:]:
         raise UserError(f"{at}: no 1x1 strided projection turns {fmt_shape(shape)} into {fmt_shape(out)}; "

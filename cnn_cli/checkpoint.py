@@ -11,7 +11,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -19,24 +19,38 @@ from cnn_cli.errors import UserError
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`:
-    a reader (or a crash) sees the previous checkpoint or the new one, never a torn file."""
+    """Write atomically: a reader (or a crash) sees the previous checkpoint or the new one,
+    never a torn file."""
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file (metrics.json) atomically, like the checkpoints."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Temporary file in the same folder, flush, fsync, rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    if os.name == "posix":  # make the rename itself durable (folders cannot be opened on Windows)
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:  # some network filesystems refuse fsync on a folder
+            pass
 
 
 def resolve(path: str | Path, key: str) -> Path:

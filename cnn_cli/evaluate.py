@@ -108,7 +108,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
-    precision = runtime.check_precision(train_cfg.trainer.precision, device)
+    try:
+        precision = runtime.check_precision(cfg.precision or train_cfg.trainer.precision, device)
+    except UserError:
+        if cfg.precision:
+            raise
+        log.info("the run's precision %s is not available on %s: evaluating in float32", train_cfg.trainer.precision,
+                 device.type)
+        precision = "32"
     model = build_from_config(train_cfg).model
     model.load_state_dict(state["model"])
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
@@ -157,7 +164,7 @@ def _format_confusion(matrix: Tensor, classes: list[str]) -> str:
     names = [c[:10] for c in classes]
     width = max(6, len(str(int(matrix.max()))) + 1, *(len(n) + 1 for n in names))
     lines = ["true \\ predicted".ljust(12) + "".join(n.rjust(width) for n in names) + "  accuracy".rjust(width + 2)]
-    for name, row in zip(names, matrix.tolist()):
-        acc = row[names.index(name)] / max(1, sum(row))
+    for i, (name, row) in enumerate(zip(names, matrix.tolist())):
+        acc = row[i] / max(1, sum(row))
         lines.append(name.ljust(12) + "".join(str(v).rjust(width) for v in row) + f"{acc:.4f}".rjust(width + 2))
     return "\n".join(lines)

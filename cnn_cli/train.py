@@ -36,8 +36,8 @@ from cnn_cli.summary import format_table
 log = logging.getLogger(__name__)
 
 # Optimizer and scheduler configs name a class to instantiate; a config read back from a
-# shared checkpoint may only name these.
-_ALLOWED_TARGETS = ("torch.optim.",)
+# shared checkpoint may only name a class of these modules.
+_TARGET_MODULES = {"optimizer": "torch.optim", "scheduler": "torch.optim.lr_scheduler"}
 # schedulers whose length the trainer fills in
 _LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
 
@@ -89,11 +89,12 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
     resume = cfg.resume
     resumed = checkpoint.load(resume, "resume") if resume else None
     if resumed is not None:
+        if resumed["finished"]:
+            raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
+                            "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
-        if resumed["finished"] and resumed["progress"]["epoch"] >= cfg.trainer.epochs:
-            raise UserError(f"resume={resume}: that run already finished its {cfg.trainer.epochs} epochs (see "
-                            f"{run_dir / 'metrics.json'}); nothing to do. Add trainer.epochs=N to train on")
     trainer = cfg.trainer
+    _check_trainer(trainer)
     device = runtime.resolve_device(trainer.device)
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
@@ -115,7 +116,7 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
-    optimizer = _instantiate(cfg.optimizer, "optimizer")(model.parameters())
+    optimizer = _instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True), "optimizer", model.parameters())
     scheduler, per_step = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     progress = Progress()
@@ -142,72 +143,84 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
                 "progress": asdict(progress), "rng": _rng_state(), "config": config, "finished": finished,
                 "versions": _versions()}
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if resumed is not None else None)
-    if resumed is None:
-        _log_graph(writer, model, data)
-    crop = cfg.dataset.augment.crop_padding
-    log.info("training: %d epochs of %d steps, batch %d, %s precision", trainer.epochs, steps_per_epoch,
-             trainer.batch_size, precision)
-    model.train()
-    with StopRequest() as stop:
-        while progress.epoch < trainer.epochs:
-            epoch = progress.epoch
-            plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip)
-            batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch)
-            bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
-                       disable=not trainer.progress, leave=False, unit="batch", dynamic_ncols=True)
-            started = time.perf_counter()
-            for images, labels in bar:
-                if trainer.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with amp():
-                    logits = forward(images)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise UserError(f"epoch {epoch + 1}, step {progress.step + 1}: the loss is {loss.item()}; the run "
-                                    f"stopped and {ckpt_dir / 'last.pt'} keeps the last good state. Try a lower "
-                                    f"learning rate (optimizer.lr={cfg.optimizer.lr / 10:g}) or trainer.grad_clip_norm=1")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if trainer.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                if per_step:
-                    scheduler.step()
-                progress.batch += 1
-                progress.step += 1
-                progress.seen += len(labels)
-                progress.loss_sum += loss.item() * len(labels)
-                progress.correct += (logits.argmax(1) == labels).sum().item()
-                if progress.step % trainer.log_every_n_steps == 0:
-                    writer.add_scalar("train/loss_step", loss.item(), progress.step)
-                if trainer.progress:  # tqdm redraws at most 10 times a second
-                    elapsed = progress.train_seconds + time.perf_counter() - started
-                    bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
-                                    acc=f"{progress.correct / progress.seen:.4f}",
-                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
+    # on resume, TensorBoard hides whatever an interrupted process logged after this step
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed is not None else None)
+    try:
+        if resumed is None:
+            _log_graph(writer, model, data)
+        crop = cfg.dataset.augment.crop_padding
+        log.info("training: %d epochs of %d steps, batch %d, %s precision", trainer.epochs, steps_per_epoch,
+                 trainer.batch_size, precision)
+        model.train()
+        with StopRequest() as stop:
+            while progress.epoch < trainer.epochs:
+                epoch = progress.epoch
+                plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip)
+                batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch)
+                bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch,
+                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress, leave=False,
+                           unit="batch", dynamic_ncols=True)
+                started = time.perf_counter()
+                for images, labels in bar:
+                    if trainer.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    with amp():
+                        logits = forward(images)
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise UserError(_diverged(loss.item(), epoch, progress.step + 1, optimizer, ckpt_dir))
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if trainer.grad_clip_norm:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if per_step:
+                        scheduler.step()
+                    progress.batch += 1
+                    progress.step += 1
+                    progress.seen += len(labels)
+                    progress.loss_sum += loss.item() * len(labels)
+                    progress.correct += (logits.argmax(1) == labels).sum().item()
+                    if progress.step % trainer.log_every_n_steps == 0:
+                        writer.add_scalar("train/loss_step", loss.item(), progress.step)
+                    if trainer.progress:  # tqdm redraws at most 10 times a second
+                        elapsed = progress.train_seconds + time.perf_counter() - started
+                        bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
+                                        acc=f"{progress.correct / progress.seen:.4f}",
+                                        img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
+                    if stop.signum is not None:
+                        break
+                bar.close()
+                progress.train_seconds += time.perf_counter() - started
+                if progress.batch >= steps_per_epoch:  # the epoch is complete
+                    improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp)
+                    if not per_step:
+                        scheduler.step()
+                    checkpoint.save(state(), ckpt_dir / "last.pt")
+                    if improved:
+                        checkpoint.save(state(), ckpt_dir / "best.pt")
                 if stop.signum is not None:
-                    break
-            bar.close()
-            progress.train_seconds += time.perf_counter() - started
-            if stop.signum is not None:
-                checkpoint.save(state(), ckpt_dir / "last.pt")
-                log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
-                            epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
-                writer.close()
-                raise SystemExit(128 + stop.signum)
-            _end_epoch(cfg, model, data, progress, optimizer, writer, amp, ckpt_dir, state)
-            if not per_step:
-                scheduler.step()
-            checkpoint.save(state(), ckpt_dir / "last.pt")
-
-    return _finish(cfg, model, data, progress, writer, amp, run_dir, state)
+                    checkpoint.save(state(), ckpt_dir / "last.pt")
+                    log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
+                                progress.epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
+                    raise SystemExit(128 + stop.signum)
+            return _finish(cfg, model, data, progress, writer, amp, run_dir, state)
+    finally:
+        writer.close()
 
 
-def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp, ckpt_dir: Path, state) -> None:
-    """Validate, log the epoch, keep best.pt, and reset the epoch's running sums."""
+def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> str:
+    last = ckpt_dir / "last.pt"
+    kept = f"{last} keeps the state after epoch {epoch}" if last.exists() else "no checkpoint was written yet"
+    lr = optimizer.param_groups[0]["lr"]
+    return (f"epoch {epoch + 1}, step {step}: the loss is {loss}; the run stopped ({kept}). Try a lower "
+            f"learning rate (optimizer.lr={lr / 10:g}) or trainer.grad_clip_norm=1")
+
+
+def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp) -> bool:
+    """Validate, log the epoch, reset its running sums; returns whether validation improved."""
     trainer = cfg.trainer
     epoch = progress.epoch
     started = time.perf_counter()
@@ -234,7 +247,7 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
     progress.loss_sum, progress.correct, progress.seen, progress.train_seconds = 0.0, 0, 0, 0.0
     if improved:
         progress.best_acc, progress.best_epoch = val.accuracy, epoch + 1
-        checkpoint.save(state(), ckpt_dir / "best.pt")
+    return improved
 
 
 def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, run_dir: Path, state) -> float:
@@ -251,10 +264,9 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
                "test_loss": test.loss}
     tb.write_hparams(writer, {**tb.flat_hparams(cfg), "data": data.name},
                      {f"hparam/{k}": v for k, v in metrics.items()}, progress.step)
-    writer.close()
     report = {**metrics, "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
               "steps": progress.step, "history": progress.history, "run_dir": str(run_dir), **_versions()}
-    (run_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     checkpoint.save(state(finished=True), ckpt_dir / "last.pt")
     rule = "-" * 60
     log.info("\n%s\nbest val acc   %.4f (epoch %d)\ntest acc       %.4f  (best.pt, %d test images, %s)\n"
@@ -270,27 +282,39 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     whether it steps every optimizer step (else every epoch). The run's length (T_max,
     total_steps) is filled in here, since only the trainer knows the steps per epoch."""
     options = OmegaConf.to_container(cfg, resolve=True)
-    per_step = options.pop("interval") == "step"
-    warmup = options.pop("warmup_epochs") * (steps_per_epoch if per_step else 1)
+    interval = options.pop("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise UserError(f"scheduler.interval={interval}: choose epoch or step")
+    per_step = interval == "step"
+    warmup = options.pop("warmup_epochs", 0) * (steps_per_epoch if per_step else 1)
     total = epochs * (steps_per_epoch if per_step else 1)
     length_key = _LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])
     if length_key and options.get(length_key) is None:
         options[length_key] = max(1, total - warmup)
-    main = _instantiate(OmegaConf.create(options), "scheduler")(optimizer)
+    main = _instantiate(options, "scheduler", optimizer)
     if not warmup:
         return main, per_step
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_step
 
 
-def _instantiate(cfg: DictConfig, key: str):
-    target = cfg.get("_target_", "")
-    if not str(target).startswith(_ALLOWED_TARGETS):
-        raise UserError(f"{key}._target_={target}: only torch.optim classes can be named here")
+def _instantiate(options: dict[str, Any], key: str, *args: Any) -> Any:
+    """Build the torch.optim (or lr_scheduler) class a config names, and nothing else: a
+    config read back from a shared checkpoint must not be able to run code."""
+    target = str(options.get("_target_", ""))
+    module = _TARGET_MODULES[key]
+    if target.rsplit(".", 1)[0] != module or any(_names_a_target(v) for v in options.values()):
+        raise UserError(f"{key}._target_={target}: only a {module} class can be named here, with plain arguments")
     try:
-        return instantiate(cfg)
-    except Exception as err:  # Hydra wraps the constructor's own error
-        raise UserError(f"{key}: cannot build {target}: {str(err).splitlines()[0]}") from None
+        return instantiate(options)(*args)
+    except Exception as err:  # the constructor's own complaint, e.g. an invalid learning rate
+        raise UserError(f"{key}: cannot build {target}: {str(err).strip().splitlines()[-1]}") from None
+
+
+def _names_a_target(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "_target_" in value or any(_names_a_target(v) for v in value.values())
+    return isinstance(value, list) and any(_names_a_target(v) for v in value)
 
 
 def load_weights(model: nn.Module, state: dict[str, Any], path: str) -> None:
@@ -310,11 +334,32 @@ def load_weights(model: nn.Module, state: dict[str, Any], path: str) -> None:
     model.load_state_dict(weights)
 
 
+# what may differ when a run is resumed: where and how visibly it runs, never what it computes
+_RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
+              "trainer.log_histograms", "dataset.root", "dataset.download")
+
+
 def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
-    """The checkpoint's own config, plus the dotted overrides typed now (e.g. trainer.epochs=20)."""
-    cfg = OmegaConf.create(resumed["config"])
-    dotted = [o for o in task_overrides if "." in o.split("=", 1)[0] and not o.startswith(("hydra.", "+", "~"))]
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotted))
+    """The checkpoint's own config, plus overrides of where it runs (e.g. trainer.device)."""
+    changes = [o for o in task_overrides if not o.startswith(("resume=", "hydra."))]
+    for override in changes:
+        if override.split("=", 1)[0] not in _RESUMABLE:
+            raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
+                            f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
+                            "init_from=<its last.pt>")
+    return OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(changes))
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    """Sizes and counts the loop divides by or loops over."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps", "limit_train_batches",
+                "limit_val_batches"):
+        value = trainer[key]
+        if key.startswith("limit_") and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"trainer.{key}={value} must be a whole number >= 1"
+                            + (" (or null for all batches)" if key.startswith("limit_") else ""))
 
 
 def _rng_state() -> dict[str, Any]:

@@ -185,3 +185,58 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     path = tmp_path / "scheduler.pt"  # its state must load as plain data, like the whole checkpoint
     torch.save(sched.state_dict(), path)
     assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
+
+
+def test_configs_from_checkpoints_can_only_build_torch_optim_classes() -> None:
+    from cnn_cli.errors import UserError
+    from cnn_cli.train import _instantiate
+
+    params = list(torch.nn.Linear(2, 2).parameters())
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    assert isinstance(_instantiate(sgd, "optimizer", params), torch.optim.SGD)
+    for bad in ({**sgd, "_target_": "os.system"},
+                {**sgd, "_target_": "torch.optim.lr_scheduler.StepLR"},
+                {**sgd, "momentum": {"_target_": "builtins.print", "_args_": ["ran"]}},
+                {**sgd, "betas": [{"_target_": "builtins.print"}]}):
+        with pytest.raises(UserError, match="only a torch.optim class"):
+            _instantiate(bad, "optimizer", params)
+    with pytest.raises(UserError, match="Invalid learning rate"):  # the constructor's own message, one line
+        _instantiate({**sgd, "lr": -1}, "optimizer", params)
+
+
+def test_resume_accepts_only_overrides_that_keep_the_run_exact() -> None:
+    from cnn_cli.errors import UserError
+    from cnn_cli.train import _resumed_config
+
+    stored = {"config": {"seed": 0, "trainer": {"device": "auto", "batch_size": 32}}}
+    cfg = _resumed_config(stored, ["resume=outputs/x", "trainer.device=cpu"])
+    assert cfg.trainer.device == "cpu" and cfg.trainer.batch_size == 32
+    for changed in ("trainer.batch_size=64", "seed=1", "model=lenet5_bn", "+trainer.foo=1"):
+        with pytest.raises(UserError, match="continues exactly as it started"):
+            _resumed_config(stored, ["resume=outputs/x", changed])
+
+
+def test_a_residual_body_may_not_start_in_place() -> None:
+    from cnn_cli.errors import UserError
+
+    layers = [{"residual": {"layers": [{"relu": {"inplace": True}}, {"conv2d": {"out_channels": 2, "kernel_size": 1}}]}}]
+    with pytest.raises(UserError, match=r"model.layers\[0\].residual.layers\[0\]: an in-place relu"):
+        build_model(layers, (2, 3, 3))
+    layers[0]["residual"]["layers"].reverse()  # in place after the first layer is fine
+    x = torch.randn(4, 2, 3, 3)
+    model = build_model(layers, (2, 3, 3)).model
+    with torch.no_grad():
+        assert torch.allclose(model(x.clone()), torch.relu(model.res1.body.conv1(x)) + x)
+
+
+def test_the_projection_shortcut_takes_the_body_stride() -> None:
+    from cnn_cli.errors import UserError
+
+    # kernel 4, stride 3 on 10: windows start at 0, 3, 6; a 1x1 conv with stride 3 would give
+    # 4 positions and ceil(10 / 3) = 4 would sample others: refused rather than misaligned
+    layers = [{"residual": {"layers": [{"conv2d": {"out_channels": 4, "kernel_size": 4, "stride": 3}}]}}]
+    with pytest.raises(UserError, match="no 1x1 strided projection turns 2 x 10 x 10 into 4 x 3 x 3"):
+        build_model(layers, (2, 10, 10))
+    layers[0]["residual"]["layers"][0]["conv2d"]["padding"] = 2  # (10 + 4 - 4) // 3 + 1 = 4 windows
+    built = build_model(layers, (2, 10, 10))
+    assert built.output_shape == (4, 4, 4) and built.model.res1.shortcut[0].stride == (3, 3)
