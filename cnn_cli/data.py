@@ -62,6 +62,12 @@ class Data:
 
 def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     """Load cfg (a dataset config) into tensors on `device`, holding out the validation split."""
+    channels = cfg.input_shape[0]
+    if not len(cfg.mean) == len(cfg.std) == channels:
+        raise UserError(f"dataset.mean and dataset.std need one value per channel ({channels}); "
+                        f"got {len(cfg.mean)} and {len(cfg.std)}")
+    if len(cfg.classes) != cfg.num_classes:
+        raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
     train_x, train_y, test_x, test_y, name = _read(cfg)
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
         raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} images are "
@@ -89,6 +95,8 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if cfg.source not in SOURCES:
         raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, SAMPLE])}")
     cls = SOURCES[cfg.source]
+    if not cfg.root:
+        raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
     root = Path(cfg.root).expanduser()
     if root.exists() and not root.is_dir():
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds {cfg.source}/")

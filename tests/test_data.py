@@ -501,3 +501,13 @@ def test_cli_root_that_is_a_file_is_one_line(runs) -> None:
     tmp, proc = runs["root_is_file"]
     line = one_error_line(proc)
     assert str(tmp / "afile") in line and "is a file, not a folder" in line
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.std=[0.2,0.3]", "one value per channel"),
+    ("dataset.classes=[a,b]", "names 2 classes but dataset.num_classes is 10"),
+    ("dataset.root=null", "dataset.root is empty"),
+])
+def test_dataset_config_mistakes_are_named_before_loading(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        data.load(compose_dataset("dataset=mnist", override))
