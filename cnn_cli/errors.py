@@ -19,7 +19,8 @@ class UserError(Exception):
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn a UserError into one line on stderr and exit status 2.
 
-    HYDRA_FULL_ERROR=1 keeps the traceback, as it does for Hydra's own errors.
+    HYDRA_FULL_ERROR=1 keeps the traceback, as it does for Hydra's own errors. In a sweep
+    the error is printed and passed on, so one failed job does not end the others.
     """
 
     @functools.wraps(fn)
@@ -30,6 +31,15 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {err}", file=sys.stderr)
+            if _in_multirun():  # Hydra records the failed job and runs the others
+                raise
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
