@@ -30,10 +30,6 @@ class EvalResult:
     predictions: Tensor  # (N,) on the CPU, in the split's order
     labels: Tensor
 
-    def per_class_accuracy(self, num_classes: int) -> list[float]:
-        matrix = self.confusion(num_classes)
-        return (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
-
     def confusion(self, num_classes: int) -> Tensor:
         """Rows are true classes, columns predicted classes."""
         flat = self.labels * num_classes + self.predictions
@@ -100,7 +96,7 @@ def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
-    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")
+    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")  # the JSON report goes beside it
     state = checkpoint.load(path, "checkpoint")
     train_cfg = OmegaConf.create(state["config"])
     if cfg.root:
@@ -127,14 +123,15 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     amp = functools.partial(runtime.autocast, device, precision)
     result = evaluate(model, data, split, batch_size, amp=amp, channels_last=channels_last)
     classes = list(train_cfg.dataset.classes)
+    matrix = result.confusion(len(classes))
     report: dict[str, Any] = {
         "checkpoint": str(path), "split": cfg.split, "dataset": data.name, "loss": result.loss,
-        "accuracy": result.accuracy, "per_class_accuracy": dict(zip(classes, result.per_class_accuracy(len(classes)))),
-        "confusion_matrix": result.confusion(len(classes)).tolist(),
+        "accuracy": result.accuracy, "per_class_accuracy": dict(zip(classes, _per_class(matrix))),
+        "confusion_matrix": matrix.tolist(),
     }
     log.info("%s on %s %s (%d images): loss %.4f, accuracy %.4f", train_cfg.model.name, data.name, cfg.split,
              len(split), result.loss, result.accuracy)
-    log.info("%s", _format_confusion(result.confusion(len(classes)), classes))
+    log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
         fused_result = evaluate(fused, data, split, batch_size, amp=amp, channels_last=channels_last)
@@ -164,7 +161,11 @@ def _format_confusion(matrix: Tensor, classes: list[str]) -> str:
     names = [c[:10] for c in classes]
     width = max(6, len(str(int(matrix.max()))) + 1, *(len(n) + 1 for n in names))
     lines = ["true \\ predicted".ljust(12) + "".join(n.rjust(width) for n in names) + "  accuracy".rjust(width + 2)]
-    for i, (name, row) in enumerate(zip(names, matrix.tolist())):
-        acc = row[i] / max(1, sum(row))
+    for name, row, acc in zip(names, matrix.tolist(), _per_class(matrix)):
         lines.append(name.ljust(12) + "".join(str(v).rjust(width) for v in row) + f"{acc:.4f}".rjust(width + 2))
     return "\n".join(lines)
+
+
+def _per_class(matrix: Tensor) -> list[float]:
+    """Accuracy of each true class: the diagonal over the row sums."""
+    return (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
