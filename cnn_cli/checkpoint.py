@@ -39,6 +39,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, permissions: the previous file is untouched
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise UserError(f"cannot write {path}: {err.strerror or err}; {kept}. Free some space (or fix the "
+                        "permissions), then continue with cnn-train resume=<the run folder>") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli.errors import report_user_errors
+from cnn_cli.errors import REPORTED, UserError, main, report_user_errors
 from cnn_cli.summary import format_table
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
@@ -55,21 +57,41 @@ def _summary(cfg: DictConfig) -> None:
 
 def summary() -> None:
     """cnn-summary model=X [dataset=Y]: the layer table, no data, no training."""
-    _summary()
+    main(_summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors
 def _train(cfg: DictConfig) -> float:
-    from cnn_cli.train import run  # imported here: torchvision alone costs cnn-summary 2 s
+    from cnn_cli import train  # imported here: torchvision alone costs cnn-summary 2 s
 
     hydra_cfg = HydraConfig.get()
-    return run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        job = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
+    except REPORTED:
+        if hydra_cfg.mode == RunMode.RUN:  # a sweep keeps each failed job's record
+            _discard_attempt(run_dir, hydra_cfg.output_subdir)
+        raise
+    return train.train(job)
+
+
+def _discard_attempt(run_dir: Path, record: str | None) -> None:
+    """Bad input found before training leaves no trace: remove what Hydra wrote for this
+    attempt (its .hydra record and log), and the run folder if nothing else is in it."""
+    if record and record != ".hydra":  # a resume's own record, beside the run's
+        shutil.rmtree(run_dir / record, ignore_errors=True)
+    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.parents:  # outputs/DATE/, if this run made it
+            if parent == Path.cwd() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def train() -> None:
     """cnn-train [overrides]: train, validate each epoch, test the best checkpoint."""
-    _train()
+    main(_train)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
@@ -78,10 +100,12 @@ def _eval(cfg: DictConfig) -> None:
     from cnn_cli.evaluate import run_eval
 
     logging.basicConfig(format="%(message)s", level=logging.INFO)
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt (or a run folder)")
     report = run_eval(cfg)
     print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
 
 
 def evaluate() -> None:
     """cnn-eval checkpoint=PATH [split=test|val] [fuse_bn=true]."""
-    _eval()
+    main(_eval)

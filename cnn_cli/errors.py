@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+                              ValidationError)
 
 T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
+# Whether the person asked for tracebacks (HYDRA_FULL_ERROR=1); kept in our own variable
+# because `main` sets HYDRA_FULL_ERROR itself, and passed on to sweep workers.
+_TRACEBACK = "CNN_CLI_FULL_ERROR"
 
 
 class UserError(Exception):
     """Bad input (config, file, path): printed as one line with the fix, exit status 2."""
 
 
+# what is reported as one line: our own errors, and Hydra's, OmegaConf's and the file
+# system's, which are about the input or the machine, not a bug
+REPORTED = (UserError, HydraException, OmegaConfBaseException, OSError)
+
+
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn a UserError into one line on stderr and exit status 2.
+    """Turn bad input found while the job runs into one line on stderr and exit status 2.
 
     HYDRA_FULL_ERROR=1 keeps the traceback, as it does for Hydra's own errors. In a sweep
     the error is printed and passed on, so one failed job does not end the others.
@@ -27,10 +40,10 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except REPORTED as err:
+            if _want_traceback():
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {describe(err)}", file=sys.stderr)
             if _in_multirun():  # Hydra records the failed job and runs the others
                 raise
             sys.exit(EXIT_BAD_INPUT)
@@ -43,3 +56,54 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _want_traceback() -> bool:
+    return os.environ.get(_TRACEBACK, os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def main(app: Callable[[], Any]) -> None:
+    """Run a Hydra app so that Hydra's own complaints (an unknown config option, a misspelt
+    key, a wrong type, a folder it cannot create) read like ours: one line, exit status 2.
+
+    Hydra prints such errors over many lines and exits 1 unless HYDRA_FULL_ERROR=1, in which
+    case it raises them; we set it, catch them here and say what to fix."""
+    os.environ.setdefault(_TRACEBACK, "1" if _want_traceback() else "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except REPORTED as err:
+        if _want_traceback():
+            raise
+        print(f"error: {describe(err)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def describe(err: Exception) -> str:
+    """One line for any REPORTED error: the key or file, and the fix."""
+    if isinstance(err, UserError):
+        return str(err)
+    cause = err.__cause__ or err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return (f"{group}={name}: no such {group} config; available: {', '.join(sorted(err.options))} "
+                f"(your own go in DIR/{group}/NAME.yaml, with --config-dir DIR)")
+    if isinstance(err, OverrideParseException):
+        return f"{first}; see https://hydra.cc/docs/advanced/override_grammar/basic/"
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:  # a key the schema does not have
+        parent, _, name = key.rpartition(".")
+        known = [str(k) for k in getattr(cause, "parent_node", None) or {}]
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else f"valid keys: {', '.join(known)}"
+        return f"{key}: no such key; {hint}"
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"{key} must be given, e.g. {key}=VALUE on the command line"
+    if isinstance(cause, ValidationError) and key:
+        message = str(cause).strip().splitlines()[0]
+        return f"{key}: {message}"
+    if isinstance(err, OSError) and err.filename:
+        return (f"cannot write {err.filename}: {err.strerror}; run from a folder you can write to "
+                "or choose another with hydra.run.dir=PATH")
+    return first

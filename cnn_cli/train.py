@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, runtime, tb
+from cnn_cli import checkpoint, data as data_mod, runtime, schema, tb
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 # Optimizer and scheduler configs name a class to instantiate; a config read back from a
 # shared checkpoint may only name a class of these modules.
 _TARGET_MODULES = {"optimizer": "torch.optim", "scheduler": "torch.optim.lr_scheduler"}
-# schedulers whose length the trainer fills in
-_LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
 
 
 @dataclass
@@ -84,8 +82,28 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
-    """Train as cfg says, in run_dir; returns the best validation accuracy (for sweepers)."""
+@dataclass
+class Job:
+    """Everything a run needs, checked and loaded before anything is written."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    precision: str
+    model: nn.Module
+    data: data_mod.Data
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_step: bool  # the scheduler steps every optimizer step, else every epoch
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    progress: Progress
+    resumed: bool
+
+
+def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
+    """Check every input (config ranges, devices, checkpoints, the model's shapes, the data)
+    and load it all; raises UserError, having written nothing, if anything is wrong."""
     resume = cfg.resume
     resumed = checkpoint.load(resume, "resume") if resume else None
     if resumed is not None:
@@ -93,8 +111,8 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
             raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
+    schema.check(cfg)
     trainer = cfg.trainer
-    _check_trainer(trainer)
     device = runtime.resolve_device(trainer.device)
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
@@ -109,6 +127,9 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
     model = built.model.to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
+    if init is not None:
+        load_weights(model, init, cfg.init_from)
     data = data_mod.load(cfg.dataset, device)
     log.info("data: %s, %d train / %d val / %d test images on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
@@ -128,10 +149,18 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
         progress = Progress(**resumed["progress"])
         _set_rng_state(resumed["rng"])
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, progress.epoch + 1, progress.batch, progress.step)
-    elif cfg.init_from:
-        load_weights(model, checkpoint.load(cfg.init_from, "init_from"), cfg.init_from)
+    elif init is not None:
         log.info("initialised weights from %s", cfg.init_from)
+    return Job(cfg, run_dir, device, precision, model, data, optimizer, scheduler, per_step, scaler, steps_per_epoch,
+               progress, resumed is not None)
 
+
+def train(job: Job) -> float:
+    """Train as the job says, in its run folder; returns the best validation accuracy (for sweepers)."""
+    cfg, run_dir, model, data, progress = job.cfg, job.run_dir, job.model, job.data, job.progress
+    optimizer, scheduler, per_step, scaler = job.optimizer, job.scheduler, job.per_step, job.scaler
+    trainer, steps_per_epoch, device, precision = cfg.trainer, job.steps_per_epoch, job.device, job.precision
+    resumed = job.resumed
     forward = torch.compile(model) if trainer.compile else model
     amp = functools.partial(runtime.autocast, device, precision)
     ckpt_dir = run_dir / "checkpoints"
@@ -144,9 +173,9 @@ def run(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> float:
                 "versions": _versions()}
 
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed is not None else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None)
     try:
-        if resumed is None:
+        if not resumed:
             _log_graph(writer, model, data)
         crop = cfg.dataset.augment.crop_padding
         log.info("training: %d epochs of %d steps, batch %d, %s precision", trainer.epochs, steps_per_epoch,
@@ -288,7 +317,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     per_step = interval == "step"
     warmup = options.pop("warmup_epochs", 0) * (steps_per_epoch if per_step else 1)
     total = epochs * (steps_per_epoch if per_step else 1)
-    length_key = _LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])
+    length_key = schema.LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])
     if length_key and options.get(length_key) is None:
         options[length_key] = max(1, total - warmup)
     main = _instantiate(options, "scheduler", optimizer)
@@ -348,18 +377,6 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
                             f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
                             "init_from=<its last.pt>")
     return OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(changes))
-
-
-def _check_trainer(trainer: DictConfig) -> None:
-    """Sizes and counts the loop divides by or loops over."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps", "limit_train_batches",
-                "limit_val_batches"):
-        value = trainer[key]
-        if key.startswith("limit_") and value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"trainer.{key}={value} must be a whole number >= 1"
-                            + (" (or null for all batches)" if key.startswith("limit_") else ""))
 
 
 def _rng_state() -> dict[str, Any]:

@@ -1,0 +1,178 @@
+"""Config schemas: Hydra checks every key and type against these while it composes, so a
+misspelt key or a wrong type stops the command before anything runs.
+
+The YAML files keep the values and their comments; the dataclasses here hold only the
+types (MISSING: the YAML gives the value). Optimizer and scheduler schemas are read off
+the torch class's own signature, so every PyTorch argument can be set and none invented.
+Range checks (epochs >= 1, 0 <= label_smoothing < 1, ...) follow in `check_ranges`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, List, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from cnn_cli.errors import UserError
+
+
+@dataclass
+class TrainerSchema:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    label_smoothing: float = MISSING
+    grad_clip_norm: Optional[float] = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    deterministic: bool = MISSING
+    num_threads: Optional[int] = MISSING
+    log_every_n_steps: int = MISSING
+    limit_train_batches: Optional[int] = MISSING
+    limit_val_batches: Optional[int] = MISSING
+    progress: bool = MISSING
+    log_histograms: bool = MISSING
+
+
+@dataclass
+class AugmentSchema:
+    crop_padding: int = MISSING
+    flip: bool = MISSING
+
+
+@dataclass
+class DatasetSchema:
+    name: str = MISSING
+    source: str = MISSING
+    root: Optional[str] = MISSING
+    download: bool = MISSING
+    fallback: bool = MISSING
+    input_shape: List[int] = MISSING
+    num_classes: int = MISSING
+    classes: List[str] = MISSING
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+    val_size: int = MISSING
+    split_seed: int = MISSING
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+
+
+@dataclass
+class TrainSchema:
+    model: Any = MISSING
+    dataset: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: Any = MISSING
+    seed: int = MISSING
+    resume: Optional[str] = MISSING
+    init_from: Optional[str] = MISSING
+
+
+@dataclass
+class EvalSchema:
+    checkpoint: str = MISSING
+    split: str = MISSING
+    fuse_bn: bool = MISSING
+    root: Optional[str] = MISSING
+    device: str = MISSING
+    precision: Optional[str] = MISSING
+    batch_size: Optional[int] = MISSING
+
+
+# scheduler lengths the trainer fills in from the run (null in the YAML)
+LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
+_SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+# the keys our trainer reads before the rest goes to the scheduler's constructor
+_SCHEDULER_KEYS = [("interval", str, "epoch"), ("warmup_epochs", int, 0)]
+
+
+def signature_schema(cls: type, extra: list[tuple[str, Any, Any]] = ()) -> type:
+    """A dataclass with one typed field per keyword argument of cls (PyTorch's defaults),
+    after its first positional argument (params or optimizer), plus `extra` fields."""
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=f"{cls.__module__}.{cls.__name__}")),
+                                          ("_partial_", bool, field(default=True))]
+    params = list(inspect.signature(cls).parameters.values())[1:]
+    for p in params:
+        kind = _field_type(p.annotation)
+        if p.default is inspect.Parameter.empty:
+            default = None if p.name == LENGTH_KEYS.get(cls.__name__) else MISSING
+        else:
+            default = p.default
+        if default is None:
+            kind = Optional[kind]
+        fields.append((p.name, kind, field(default=default)))
+    fields += [(name, kind, field(default=default)) for name, kind, default in extra]
+    return make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+def _field_type(annotation: Any) -> Any:
+    """float | Tensor -> float, bool | None -> bool, anything richer (tuples, unions) -> Any."""
+    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    parts = {part.strip() for part in text.split("|")} - {"None", "Tensor", "torch.Tensor"}
+    return _SIMPLE_TYPES.get(parts.pop(), Any) if len(parts) == 1 else Any
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore; the YAML files name them in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainSchema)
+    cs.store(name="eval_schema", node=EvalSchema)
+    cs.store(group="schema", name="trainer", node=TrainerSchema)
+    cs.store(group="schema", name="dataset", node=DatasetSchema)
+    for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        cs.store(group="schema/optimizer", name=cls.__name__, node=signature_schema(cls))
+    lr = torch.optim.lr_scheduler
+    for cls in (lr.StepLR, lr.MultiStepLR, lr.CosineAnnealingLR, lr.OneCycleLR, lr.ConstantLR):
+        cs.store(group="schema/scheduler", name=cls.__name__, node=signature_schema(cls, _SCHEDULER_KEYS))
+
+
+def check(cfg: DictConfig) -> None:
+    """What composing cannot catch: keys added with `+` that nothing reads, and values a
+    type cannot rule out (counts below 1, fractions outside [0, 1), ...)."""
+    for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
+                                 (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
+        _no_unknown_keys(node, schema, prefix)
+    trainer = cfg.trainer
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps"):
+        _at_least(f"trainer.{key}", trainer[key], 1)
+    for key in ("limit_train_batches", "limit_val_batches", "num_threads"):
+        if trainer[key] is not None:
+            _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
+    if not 0 <= trainer.label_smoothing < 1:
+        raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
+    if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
+        raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, (int, float)) and not lr > 0:
+        raise UserError(f"optimizer.lr={lr} must be > 0, e.g. optimizer.lr=0.01")
+    warmup = cfg.scheduler.get("warmup_epochs", 0)
+    if not 0 <= warmup < trainer.epochs:
+        raise UserError(f"scheduler.warmup_epochs={warmup} must be >= 0 and less than trainer.epochs={trainer.epochs}")
+    dataset = cfg.dataset
+    _at_least("dataset.num_classes", dataset.num_classes, 2)
+    _at_least("dataset.val_size", dataset.val_size, 1)
+    _at_least("dataset.augment.crop_padding", dataset.augment.crop_padding, 0)
+    if any(s <= 0 for s in dataset.std):
+        raise UserError(f"dataset.std={list(dataset.std)}: every value must be > 0 (it divides)")
+
+
+def _no_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    known = [f.name for f in fields(schema)]
+    for key in node:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {prefix}.{near[0]}?" if near else f"valid keys: {', '.join(known)}"
+            raise UserError(f"{prefix}.{key}: no such key, nothing would read it; {hint}")
+
+
+def _at_least(key: str, value: int, low: int, hint: str = "") -> None:
+    if value < low:
+        raise UserError(f"{key}={value} must be >= {low}{hint}")
