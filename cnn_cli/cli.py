@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,7 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli.errors import REPORTED, UserError, main, report_user_errors
+from cnn_cli import sweep
+from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
@@ -39,6 +43,30 @@ def _hydra_subdir(resume: str | None) -> str:
 
 OmegaConf.register_new_resolver("cnn_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("cnn_hydra_subdir", _hydra_subdir, replace=True)
+
+
+def main(app: Callable[[], Any]) -> None:
+    """Run a Hydra app so that Hydra's own complaints (an unknown config option, a misspelt
+    key, a wrong type, a folder it cannot create) read like ours: one line, exit status 2;
+    after a sweep, print its table and exit 1 if any job failed.
+
+    Hydra prints its errors over many lines and exits 1, unless HYDRA_FULL_ERROR=1, when it
+    raises them: we set that, catch them here and say what to fix."""
+    os.environ.setdefault(TRACEBACK_ENV, "1" if want_traceback() else "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except Exception as err:
+        swept = sweep.started()
+        if swept is not None and sweep.report(swept):  # the jobs' own errors were printed as they failed
+            sys.exit(1)
+        if not isinstance(err, REPORTED) or want_traceback():
+            raise
+        print(f"error: {describe(err)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    swept = sweep.started()
+    if swept is not None and sweep.report(swept):
+        sys.exit(1)
 
 
 def explain(built: BuiltModel) -> None:

@@ -6,7 +6,7 @@ import difflib
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
@@ -16,8 +16,8 @@ T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 # Whether the person asked for tracebacks (HYDRA_FULL_ERROR=1); kept in our own variable
-# because `main` sets HYDRA_FULL_ERROR itself, and passed on to sweep workers.
-_TRACEBACK = "CNN_CLI_FULL_ERROR"
+# because cli.main sets HYDRA_FULL_ERROR itself, and passed on to sweep workers.
+TRACEBACK_ENV = "CNN_CLI_FULL_ERROR"
 
 
 class UserError(Exception):
@@ -29,24 +29,35 @@ class UserError(Exception):
 REPORTED = (UserError, HydraException, OmegaConfBaseException, OSError)
 
 
+def want_traceback() -> bool:
+    """The person asked for tracebacks with HYDRA_FULL_ERROR=1."""
+    return os.environ.get(TRACEBACK_ENV, os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
 def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn bad input found while the job runs into one line on stderr and exit status 2.
 
     HYDRA_FULL_ERROR=1 keeps the traceback, as it does for Hydra's own errors. In a sweep
-    the error is printed and passed on, so one failed job does not end the others.
+    the failure is also written into the job's folder (for the table at the end) and
+    passed on, so Hydra records it and runs the other jobs.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except REPORTED as err:
-            if _want_traceback():
+        except Exception as err:
+            reported = isinstance(err, REPORTED) and not want_traceback()
+            if reported:
+                print(f"error: {describe(err)}", file=sys.stderr)
+            if not _in_multirun():
+                if reported:
+                    sys.exit(EXIT_BAD_INPUT)
                 raise
-            print(f"error: {describe(err)}", file=sys.stderr)
-            if _in_multirun():  # Hydra records the failed job and runs the others
-                raise
-            sys.exit(EXIT_BAD_INPUT)
+            from cnn_cli.sweep import record_failure
+
+            record_failure(describe(err) if reported else f"{type(err).__name__}: {err}", err)
+            raise
 
     return wrapper
 
@@ -56,27 +67,6 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _want_traceback() -> bool:
-    return os.environ.get(_TRACEBACK, os.environ.get("HYDRA_FULL_ERROR")) == "1"
-
-
-def main(app: Callable[[], Any]) -> None:
-    """Run a Hydra app so that Hydra's own complaints (an unknown config option, a misspelt
-    key, a wrong type, a folder it cannot create) read like ours: one line, exit status 2.
-
-    Hydra prints such errors over many lines and exits 1 unless HYDRA_FULL_ERROR=1, in which
-    case it raises them; we set it, catch them here and say what to fix."""
-    os.environ.setdefault(_TRACEBACK, "1" if _want_traceback() else "0")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        app()
-    except REPORTED as err:
-        if _want_traceback():
-            raise
-        print(f"error: {describe(err)}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def describe(err: Exception) -> str:
