@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli import sweep
+from cnn_cli import distributed, sweep
 from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
@@ -26,8 +27,15 @@ CONFIG_PATH = "pkg://cnn_cli.configs"
 log = logging.getLogger("cnn_cli")
 
 
+# Under torchrun every process composes the config, but only rank 0 writes: the others get
+# no run folder of their own (the temp folder, which exists), no .hydra record and no log.
+_WRITES = distributed.this_process().main
+
+
 def _run_dir(resume: str | None, default: str) -> str:
     """A resumed run continues in its own folder: the one holding checkpoints/last.pt."""
+    if not _WRITES:
+        return tempfile.gettempdir()
     if not resume:
         return default
     path = Path(resume).expanduser()
@@ -36,13 +44,20 @@ def _run_dir(resume: str | None, default: str) -> str:
     return str(path)
 
 
-def _hydra_subdir(resume: str | None) -> str:
+def _hydra_subdir(resume: str | None) -> str | None:
     """A resume records its own composed config beside the original run's .hydra/."""
+    if not _WRITES:
+        return None
     return ".hydra" if not resume else f".hydra/resume-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def _log_file(path: str) -> str:
+    return path if _WRITES else os.devnull
 
 
 OmegaConf.register_new_resolver("cnn_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("cnn_hydra_subdir", _hydra_subdir, replace=True)
+OmegaConf.register_new_resolver("cnn_log_file", _log_file, replace=True)
 
 
 def main(app: Callable[[], Any]) -> None:

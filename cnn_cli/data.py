@@ -243,14 +243,17 @@ def flip_where(images: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask[:, None, None, None], images.flip(-1), images)
 
 
-def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: int = 0,
-                  start: int = 0, stop: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: int = 0, start: int = 0,
+                  stop: int | None = None, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
     """Normalised, augmented training batches in the plan's order, from batch `start` to
-    `stop`. A last batch smaller than batch_size is dropped (the next epoch reshuffles)."""
+    `stop`. A last batch smaller than batch_size is dropped (the next epoch reshuffles).
+    With `world` processes each batch is split evenly and this one gets part `rank`, so
+    together they train on exactly the batches one process would."""
     split = data.train
     count = num_train_batches(len(split), batch_size)
+    part = batch_size // world
     for b in range(start, count if stop is None else min(stop, count)):
-        pos = slice(b * batch_size, (b + 1) * batch_size)
+        pos = slice(b * batch_size + rank * part, b * batch_size + (rank + 1) * part)
         idx = plan.order[pos].to(split.labels.device)
         images = split.images[idx]
         if plan.offsets is not None:
@@ -262,6 +265,13 @@ def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: in
 
 def num_train_batches(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
+
+
+def shard(split: Split, rank: int, world: int) -> Split:
+    """This process's contiguous part of a split, for evaluation spread over processes."""
+    bounds = [len(split) * r // world for r in range(world + 1)]
+    part = slice(bounds[rank], bounds[rank + 1])
+    return Split(split.images[part], split.labels[part])
 
 
 def eval_batches(data: Data, split: Split, batch_size: int,

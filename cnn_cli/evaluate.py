@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, data as data_mod, runtime
+from cnn_cli import checkpoint, data as data_mod, distributed, runtime
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import UserError
@@ -40,7 +40,8 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
              amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
              channels_last: bool = False) -> EvalResult:
     """Mean loss and accuracy over the split (or its first `limit` batches), in eval mode so
-    batchnorm uses and keeps its running statistics."""
+    batchnorm uses and keeps its running statistics. Under torchrun each process passes its
+    shard; loss and accuracy are then over all shards, the predictions this shard's."""
     was_training = model.training
     model.eval()
     loss_sum, preds, labels = 0.0, [], []
@@ -55,8 +56,9 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
             labels.append(targets.cpu())
     model.train(was_training)
     predictions, labels_all = torch.cat(preds), torch.cat(labels)
-    n = len(labels_all)
-    return EvalResult(loss_sum / n, (predictions == labels_all).sum().item() / n, predictions, labels_all)
+    correct = (predictions == labels_all).sum().item()
+    loss_sum, correct, n = distributed.sum_over_ranks([loss_sum, correct, len(labels_all)], split.labels.device)
+    return EvalResult(loss_sum / n, correct / n, predictions, labels_all)
 
 
 def fuse_batchnorm(model: nn.Sequential) -> nn.Sequential:

@@ -39,6 +39,7 @@ class TrainerSchema:
     limit_val_batches: Optional[int] = MISSING
     progress: bool = MISSING
     log_histograms: bool = MISSING
+    sync_bn: bool = MISSING
 
 
 @dataclass

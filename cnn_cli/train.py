@@ -10,6 +10,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, runtime, schema, tb
+from cnn_cli import checkpoint, data as data_mod, distributed, runtime, schema, tb
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate
@@ -99,6 +100,7 @@ class Job:
     steps_per_epoch: int
     progress: Progress
     resumed: bool
+    rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
 
 
 def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
@@ -113,18 +115,31 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
         cfg = _resumed_config(resumed, task_overrides)
     schema.check(cfg)
     trainer = cfg.trainer
+    rank = distributed.this_process()
+    if trainer.batch_size % rank.world:
+        raise UserError(f"trainer.batch_size={trainer.batch_size} must split evenly over the {rank.world} processes "
+                        f"(it is the global batch); use a multiple of {rank.world}")
     device = runtime.resolve_device(trainer.device)
+    if device.type == "cuda" and rank.world > 1:
+        device = torch.device("cuda", rank.local)  # one GPU per process
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     torch.manual_seed(cfg.seed)
 
+    distributed.start(rank, device)
+    if not rank.main:  # the others compute; rank 0 reports
+        logging.getLogger("cnn_cli").setLevel(logging.WARNING)
+    run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
+
     built = build_from_config(cfg)
     log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
     for warning in built.warnings:
         log.warning(warning)
     model = built.model.to(device)
+    if trainer.sync_bn and rank.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
@@ -152,7 +167,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     elif init is not None:
         log.info("initialised weights from %s", cfg.init_from)
     return Job(cfg, run_dir, device, precision, model, data, optimizer, scheduler, per_step, scaler, steps_per_epoch,
-               progress, resumed is not None)
+               progress, resumed is not None, rank)
 
 
 def train(job: Job) -> float:
@@ -160,35 +175,44 @@ def train(job: Job) -> float:
     cfg, run_dir, model, data, progress = job.cfg, job.run_dir, job.model, job.data, job.progress
     optimizer, scheduler, per_step, scaler = job.optimizer, job.scheduler, job.per_step, job.scaler
     trainer, steps_per_epoch, device, precision = cfg.trainer, job.steps_per_epoch, job.device, job.precision
-    resumed = job.resumed
-    forward = torch.compile(model) if trainer.compile else model
+    resumed, rank = job.resumed, job.rank
+    forward = model
+    if rank.world > 1:  # gradients are averaged over the processes in backward()
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if trainer.compile:
+        forward = torch.compile(forward)
     amp = functools.partial(runtime.autocast, device, precision)
     ckpt_dir = run_dir / "checkpoints"
     config = OmegaConf.to_container(cfg, resolve=True)
 
-    def state(finished: bool = False) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "progress": asdict(progress), "rng": _rng_state(), "config": config, "finished": finished,
-                "versions": _versions()}
+    def save(name: str, finished: bool = False) -> None:
+        if rank.main:
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                             "progress": asdict(progress), "rng": _rng_state(), "config": config,
+                             "finished": finished, "versions": _versions()}, ckpt_dir / name)
 
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None) if rank.main \
+        else _NoWriter()
     try:
         if not resumed:
             _log_graph(writer, model, data)
         crop = cfg.dataset.augment.crop_padding
-        log.info("training: %d epochs of %d steps, batch %d, %s precision", trainer.epochs, steps_per_epoch,
-                 trainer.batch_size, precision)
+        log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, steps_per_epoch,
+                 trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
+                 precision)
         model.train()
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
                 epoch = progress.epoch
                 plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip)
-                batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch)
+                batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch,
+                                                 rank.index, rank.world)
                 bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch,
-                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress, leave=False,
-                           unit="batch", dynamic_ncols=True)
+                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not (trainer.progress and rank.main),
+                           leave=False, unit="batch", dynamic_ncols=True)
+                stopping = False
                 started = time.perf_counter()
                 for images, labels in bar:
                     if trainer.channels_last:
@@ -196,8 +220,14 @@ def train(job: Job) -> float:
                     with amp():
                         logits = forward(images)
                         loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise UserError(_diverged(loss.item(), epoch, progress.step + 1, optimizer, ckpt_dir))
+                    # one sync per step, and under torchrun one sum over the processes, so that
+                    # all agree on the global batch's loss and on stopping
+                    loss_sum, correct, stops = distributed.sum_over_ranks(
+                        [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), stop.signum is not None],
+                        device)
+                    seen = len(labels) * rank.world
+                    if not math.isfinite(loss_sum):
+                        raise UserError(_diverged(loss_sum / seen, epoch, progress.step + 1, optimizer, ckpt_dir))
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if trainer.grad_clip_norm:
@@ -209,35 +239,45 @@ def train(job: Job) -> float:
                         scheduler.step()
                     progress.batch += 1
                     progress.step += 1
-                    progress.seen += len(labels)
-                    progress.loss_sum += loss.item() * len(labels)
-                    progress.correct += (logits.argmax(1) == labels).sum().item()
+                    progress.seen += seen
+                    progress.loss_sum += loss_sum
+                    progress.correct += int(correct)
                     if progress.step % trainer.log_every_n_steps == 0:
-                        writer.add_scalar("train/loss_step", loss.item(), progress.step)
+                        writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
                     if trainer.progress:  # tqdm redraws at most 10 times a second
                         elapsed = progress.train_seconds + time.perf_counter() - started
                         bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
                                         acc=f"{progress.correct / progress.seen:.4f}",
                                         img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
-                    if stop.signum is not None:
+                    if stops:
+                        stopping = True
                         break
                 bar.close()
                 progress.train_seconds += time.perf_counter() - started
                 if progress.batch >= steps_per_epoch:  # the epoch is complete
-                    improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp)
+                    improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp, rank)
                     if not per_step:
                         scheduler.step()
-                    checkpoint.save(state(), ckpt_dir / "last.pt")
+                    save("last.pt")
                     if improved:
-                        checkpoint.save(state(), ckpt_dir / "best.pt")
-                if stop.signum is not None:
-                    checkpoint.save(state(), ckpt_dir / "last.pt")
-                    log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
-                                progress.epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
-                    raise SystemExit(128 + stop.signum)
-            return _finish(cfg, model, data, progress, writer, amp, run_dir, state)
+                        save("best.pt")
+                if stopping:
+                    save("last.pt")
+                    if rank.main:
+                        log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
+                                    progress.epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
+                    raise SystemExit(128 + (stop.signum or signal.SIGTERM))
+            return _finish(cfg, model, data, progress, writer, amp, run_dir, save, rank)
     finally:
         writer.close()
+        distributed.stop()
+
+
+class _NoWriter:
+    """What the processes other than rank 0 log to TensorBoard: nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
 
 def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> str:
@@ -248,12 +288,15 @@ def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimiz
             f"learning rate (optimizer.lr={lr / 10:g}) or trainer.grad_clip_norm=1")
 
 
-def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp) -> bool:
+def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp,
+               rank: distributed.Rank) -> bool:
     """Validate, log the epoch, reset its running sums; returns whether validation improved."""
     trainer = cfg.trainer
     epoch = progress.epoch
     started = time.perf_counter()
-    val = evaluate(model, data, data.val, trainer.eval_batch_size, trainer.limit_val_batches, amp, trainer.channels_last)
+    distributed.share_buffers(model)
+    val = evaluate(model, data, data_mod.shard(data.val, rank.index, rank.world), trainer.eval_batch_size,
+                   trainer.limit_val_batches, amp, trainer.channels_last)
     val_seconds = time.perf_counter() - started
     row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
            "val_loss": val.loss, "val_acc": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
@@ -279,24 +322,33 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
     return improved
 
 
-def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, run_dir: Path, state) -> float:
+def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, run_dir: Path, save,
+            rank: distributed.Rank) -> float:
     """Test the best checkpoint once, write metrics.json and hparams, print the summary."""
     trainer = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
+    if not distributed.same_weights(model):
+        log.warning("the processes ended with different weights; rank 0's are saved")
+    elif rank.world > 1:
+        log.info("all %d processes hold identical weights", rank.world)
+    distributed.barrier()  # rank 0 has written best.pt
     best = copy.deepcopy(model)  # the model keeps its last weights for last.pt
     best.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
-    test = evaluate(best, data, data.test, trainer.eval_batch_size, None, amp, trainer.channels_last)
-    mistakes = tb.mistakes_grid(data.test.images, test.predictions, test.labels, list(cfg.dataset.classes))
-    if mistakes is not None:
-        writer.add_image("test/misclassified", mistakes, progress.step, dataformats="HWC")
+    shard = data_mod.shard(data.test, rank.index, rank.world)
+    test = evaluate(best, data, shard, trainer.eval_batch_size, None, amp, trainer.channels_last)
     metrics = {"best_val_acc": progress.best_acc, "best_epoch": progress.best_epoch, "test_acc": test.accuracy,
                "test_loss": test.loss}
-    tb.write_hparams(writer, {**tb.flat_hparams(cfg), "data": data.name},
-                     {f"hparam/{k}": v for k, v in metrics.items()}, progress.step)
-    report = {**metrics, "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
-              "steps": progress.step, "history": progress.history, "run_dir": str(run_dir), **_versions()}
-    checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
-    checkpoint.save(state(finished=True), ckpt_dir / "last.pt")
+    if rank.main:
+        mistakes = tb.mistakes_grid(shard.images, test.predictions, test.labels, list(cfg.dataset.classes))
+        if mistakes is not None:
+            writer.add_image("test/misclassified", mistakes, progress.step, dataformats="HWC")
+        tb.write_hparams(writer, {**tb.flat_hparams(cfg), "data": data.name},
+                         {f"hparam/{k}": v for k, v in metrics.items()}, progress.step)
+        report = {**metrics, "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
+                  "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
+                  "processes": rank.world, **_versions()}
+        checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    save("last.pt", finished=True)
     rule = "-" * 60
     log.info("\n%s\nbest val acc   %.4f (epoch %d)\ntest acc       %.4f  (best.pt, %d test images, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
