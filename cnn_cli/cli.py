@@ -113,7 +113,7 @@ def _train(cfg: DictConfig) -> float:
     try:
         job = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
     except REPORTED:
-        if hydra_cfg.mode == RunMode.RUN:  # a sweep keeps each failed job's record
+        if hydra_cfg.mode == RunMode.RUN and _WRITES:  # a sweep keeps each failed job's record
             _discard_attempt(run_dir, hydra_cfg.output_subdir)
         raise
     return train.train(job)
