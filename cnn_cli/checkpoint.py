@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -39,14 +40,20 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:  # disk full, quota, permissions: the previous file is untouched
+    except (OSError, RuntimeError) as err:  # torch's zip writer re-raises a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
         kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-        raise UserError(f"cannot write {path}: {err.strerror or err}; {kept}. Free some space (or fix the "
+        raise UserError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Free some space (or fix the "
                         "permissions), then continue with cnn-train resume=<the run folder>") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(".*.tmp"):  # left by a process killed mid-write
+        if not stale.name.endswith(f".{os.getpid()}.tmp"):
+            stale.unlink(missing_ok=True)
     if os.name == "posix":  # make the rename itself durable (folders cannot be opened on Windows)
         try:
             dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -72,14 +79,21 @@ def resolve(path: str | Path, key: str) -> Path:
 def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint on the CPU, refusing anything that is not plain data."""
     p = resolve(path, key)
+    if not zipfile.is_zipfile(p):  # every torch.save since PyTorch 1.6 writes a zip archive
+        raise UserError(f"{key}={path}: {p} is not a readable checkpoint (empty, truncated, or not a cnn-cli checkpoint)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UserError(f"{key}={path}: refused to open {p}: it holds objects that are not plain data, "
-                        f"and loading it could run code ({str(err).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if not found:
+            raise UserError(f"{key}={path}: {p} is not a readable checkpoint (its contents do not unpickle)") from None
+        raise UserError(f"{key}={path}: refused to open {p}: it holds objects that are not plain data "
+                        f"({found.group(1)}), and loading it could run code; open it only if you trust where it "
+                        "came from") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:
+        reason = re.split(r"\. ", str(err).strip().splitlines()[0])[0][:160]
         raise UserError(f"{key}={path}: {p} is not a readable checkpoint (truncated or not a cnn-cli "
-                        f"checkpoint: {str(err).splitlines()[0][:160]})") from None
+                        f"checkpoint: {reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{key}={path}: {p} is not a cnn-cli checkpoint (no model weights and config in it)")
     return state

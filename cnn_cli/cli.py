@@ -32,23 +32,36 @@ log = logging.getLogger("cnn_cli")
 _WRITES = distributed.this_process().main
 
 
+_STARTED = datetime.datetime.now()  # names a resume's record, however often it is resolved
+
+
+def _resumed_run(resume: str | None) -> Path | None:
+    """The run folder a resume continues in: one holding checkpoints/last.pt, or the run
+    of a .pt in some run's checkpoints/. Anything else (a stray .pt, a typo) is no run
+    folder, so the attempt gets a fresh one, which a failed check removes."""
+    if not resume:
+        return None
+    path = Path(resume).expanduser()
+    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
+        return path
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
 def _run_dir(resume: str | None, default: str) -> str:
-    """A resumed run continues in its own folder: the one holding checkpoints/last.pt."""
+    """A resumed run continues in its own folder."""
     if not _WRITES:
         return tempfile.gettempdir()
-    if not resume:
-        return default
-    path = Path(resume).expanduser()
-    if path.is_file():
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return str(path)
+    run = _resumed_run(resume)
+    return str(run) if run is not None else default
 
 
 def _hydra_subdir(resume: str | None) -> str | None:
     """A resume records its own composed config beside the original run's .hydra/."""
     if not _WRITES:
         return None
-    return ".hydra" if not resume else f".hydra/resume-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    return f".hydra/resume-{_STARTED:%Y-%m-%d_%H-%M-%S}" if _resumed_run(resume) is not None else ".hydra"
 
 
 def _log_file(path: str) -> str:
@@ -77,7 +90,8 @@ def main(app: Callable[[], Any]) -> None:
             sys.exit(1)
         if not isinstance(err, REPORTED) or want_traceback():
             raise
-        print(f"error: {describe(err)}", file=sys.stderr)
+        where = "; choose the run folder with hydra.run.dir=PATH" if isinstance(err, OSError) else ""  # Hydra's mkdir
+        print(f"error: {describe(err)}{where}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     swept = sweep.started()
     if swept is not None and sweep.report(swept):

@@ -13,28 +13,24 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from torchvision import datasets
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-from torchvision.datasets.utils import check_integrity
-
 from cnn_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import VisionDataset
 
 log = logging.getLogger(__name__)
 
-# Only these sources can be named in a config (configs travel inside shared checkpoints).
-SOURCES: dict[str, type[datasets.VisionDataset]] = {
-    "MNIST": datasets.MNIST,
-    "FashionMNIST": datasets.FashionMNIST,
-    "CIFAR10": datasets.CIFAR10,
-    "CIFAR100": datasets.CIFAR100,
-}
+# Only these torchvision.datasets classes can be named in a config (configs travel inside
+# shared checkpoints). torchvision is imported only when one is opened: its import costs
+# 2.8 s, which a run on the bundled sample or a config error need not pay.
+SOURCES = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
 FALLBACK_NAME = "mnist_sample (fallback)"
 
@@ -94,7 +90,7 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
         return (*_read_sample(), cfg.name)
     if cfg.source not in SOURCES:
         raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, SAMPLE])}")
-    cls = SOURCES[cfg.source]
+    cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
     root = Path(cfg.root).expanduser()
@@ -103,7 +99,7 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     try:
         train, test = _open(cls, root, cfg.download)
     except _Missing as missing:
-        if cfg.get("fallback", False) and cls is datasets.MNIST:  # the bundled sample is MNIST
+        if cfg.get("fallback", False) and cfg.source == "MNIST":  # the bundled sample is MNIST
             _warn_fallback(cfg, root, missing)
             return (*_read_sample(), FALLBACK_NAME)
         raise UserError(f"dataset '{cfg.name}': {missing} in {_folder(cls, root)}; expected "
@@ -117,11 +113,24 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     return (*_tensors(train), *_tensors(test), cfg.name)
 
 
+def _source(name: str) -> type[VisionDataset]:
+    from torchvision import datasets
+
+    return getattr(datasets, name)
+
+
+def _is_mnist_like(cls: type[VisionDataset]) -> bool:
+    """MNIST and FashionMNIST: IDX files in <root>/<class>/raw (CIFAR: pickled batches)."""
+    from torchvision.datasets import MNIST
+
+    return issubclass(cls, MNIST)
+
+
 class _Missing(Exception):
     """The files are not there and could not be downloaded."""
 
 
-def _open(cls: type[datasets.VisionDataset], root: Path, download: bool):
+def _open(cls: type[VisionDataset], root: Path, download: bool):
     """Open both splits with torchvision, downloading if allowed; name a broken file."""
     if not _present(cls, root):
         if not download:
@@ -140,26 +149,29 @@ def _open(cls: type[datasets.VisionDataset], root: Path, download: bool):
                         "(dataset.download=true) or copy a good one") from None
 
 
-def _folder(cls: type[datasets.VisionDataset], root: Path) -> Path:
-    if issubclass(cls, datasets.MNIST):
+def _folder(cls: type[VisionDataset], root: Path) -> Path:
+    if _is_mnist_like(cls):
         return root / cls.__name__ / "raw"
     return root / cls.base_folder
 
 
-def _expected_files(cls: type[datasets.VisionDataset]) -> list[str]:
-    if issubclass(cls, datasets.MNIST):
+def _expected_files(cls: type[VisionDataset]) -> list[str]:
+    if _is_mnist_like(cls):
         return [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
     return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
 
 
-def _present(cls: type[datasets.VisionDataset], root: Path) -> bool:
+def _present(cls: type[VisionDataset], root: Path) -> bool:
     return all((_folder(cls, root) / name).is_file() for name in _expected_files(cls))
 
 
-def _broken_file(cls: type[datasets.VisionDataset], root: Path) -> Path | None:
+def _broken_file(cls: type[VisionDataset], root: Path) -> Path | None:
     """The first file that torchvision cannot use: a bad IDX file, or a CIFAR md5 mismatch."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    from torchvision.datasets.utils import check_integrity
+
     folder = _folder(cls, root)
-    if issubclass(cls, datasets.MNIST):
+    if _is_mnist_like(cls):
         for name in _expected_files(cls):
             try:
                 tensor = read_sn3_pascalvincent_tensor(str(folder / name), strict=False)
@@ -174,7 +186,7 @@ def _broken_file(cls: type[datasets.VisionDataset], root: Path) -> Path | None:
     return None
 
 
-def _tensors(dataset: datasets.VisionDataset) -> tuple[Tensor, Tensor]:
+def _tensors(dataset: VisionDataset) -> tuple[Tensor, Tensor]:
     """torchvision's .data / .targets as uint8 (N, C, H, W) and int64 (N,)."""
     images = dataset.data
     if isinstance(images, np.ndarray):  # CIFAR: N x H x W x C numpy
@@ -197,7 +209,7 @@ def _warn_fallback(cfg: DictConfig, root: Path, missing: _Missing) -> None:
         "\n%s\nFull %s could not be found or downloaded: %s.\n  looked in: %s\n"
         "This run trains on the bundled 5,000-digit MNIST sample instead (recorded as '%s').\n"
         "Put the files there or set dataset.root=...; dataset.fallback=false makes this an error.\n%s",
-        rule, cfg.source, missing, _folder(SOURCES[cfg.source], root.resolve()), FALLBACK_NAME, rule,
+        rule, cfg.source, missing, _folder(_source(cfg.source), root.resolve()), FALLBACK_NAME, rule,
     )
 
 

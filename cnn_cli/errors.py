@@ -80,7 +80,7 @@ def describe(err: Exception) -> str:
         return (f"{group}={name}: no such {group} config; available: {', '.join(sorted(err.options))} "
                 f"(your own go in DIR/{group}/NAME.yaml, with --config-dir DIR)")
     if isinstance(err, OverrideParseException):
-        return f"{first}; see https://hydra.cc/docs/advanced/override_grammar/basic/"
+        return f"'{err.override}': {first}; see https://hydra.cc/docs/advanced/override_grammar/basic/"
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:  # a key the schema does not have
         parent, _, name = key.rpartition(".")
@@ -94,6 +94,5 @@ def describe(err: Exception) -> str:
         message = str(cause).strip().splitlines()[0]
         return f"{key}: {message}"
     if isinstance(err, OSError) and err.filename:
-        return (f"cannot write {err.filename}: {err.strerror}; run from a folder you can write to "
-                "or choose another with hydra.run.dir=PATH")
+        return f"{err.filename}: {err.strerror}; check that the path exists and that you may use it"
     return first

@@ -58,5 +58,6 @@ def make_deterministic(on: bool) -> None:
     """Deterministic kernels, so a resumed run repeats an uninterrupted one bit for bit."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
+    if on != torch.are_deterministic_algorithms_enabled():  # the call imports torch._dynamo: 2.8 s
+        torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = not on

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.metadata
 import json
 import logging
 import math
@@ -258,9 +259,9 @@ def train(job: Job) -> float:
                     improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp, rank)
                     if not per_step:
                         scheduler.step()
-                    save("last.pt")
-                    if improved:
+                    if improved:  # best.pt first: a last.pt naming a best epoch always has its best.pt
                         save("best.pt")
+                    save("last.pt")
                 if stopping:
                     save("last.pt")
                     if rank.main:
@@ -442,10 +443,9 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import torchvision
-
     # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "cnn_cli": cnn_cli.__version__}
+    return {"torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision"),
+            "cnn_cli": cnn_cli.__version__}
 
 
 def _log_graph(writer: SummaryWriter, model: nn.Module, data: data_mod.Data) -> None:

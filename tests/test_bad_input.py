@@ -1,0 +1,336 @@
+"""A catalogue of bad input, each given to the real cnn-train, cnn-eval or cnn-summary.
+
+Every case runs the installed console script in its own process, in a fresh folder of its
+own as the working directory, and must end with exit status 2 and exactly one line on
+stderr, "error: ...", naming the key, layer or file at fault and the fix; no traceback
+anywhere; and nothing written or changed in that folder (the files a case set up there,
+checkpoints and dataset files included, stay byte for byte as they were).
+
+Each process starts torch (seconds), so every case is launched once per module, a few at
+a time, and each test reads its own result (about 2.5 minutes on 2 cores). The checkpoints come from one tiny real
+training run on the bundled sample; the MNIST files are written here in torchvision's
+layout. CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.cli
+
+BIN = Path(sys.executable).parent
+# one thread per process and no GPU: the cases run side by side on a small machine
+ENV = {**{k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CNN_CLI_FULL_ERROR")},
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+TINY = ["dataset=mnist_sample", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.progress=false"]
+SAMPLE = "dataset=mnist_sample"  # every cnn-train case that is not about data: nothing is downloaded
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads any folder, chmod 000 or not
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte"]
+
+
+# ------------------------------------------------------------------------- what a case sets up
+
+
+def write_idx(folder: Path, n_train: int = 300, n_test: int = 50) -> Path:
+    """The four uncompressed IDX files torchvision's MNIST family reads from <root>/<Class>/raw/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return folder
+
+
+def _finished_run(cwd: Path, fx: dict[str, Path]) -> None:
+    shutil.copytree(fx["run"], cwd / "run")
+
+
+def _unfinished_run(cwd: Path, fx: dict[str, Path]) -> None:
+    shutil.copytree(fx["unfinished"], cwd / "run")
+
+
+def _random_bytes(cwd: Path, fx: dict[str, Path]) -> None:
+    (cwd / "random.pt").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+def _half_checkpoint(cwd: Path, fx: dict[str, Path]) -> None:
+    whole = (fx["run"] / "checkpoints" / "last.pt").read_bytes()
+    (cwd / "half.pt").write_bytes(whole[: len(whole) // 2])
+
+
+def _a_file(name: str) -> Callable[[Path, dict[str, Path]], None]:
+    def setup(cwd: Path, fx: dict[str, Path]) -> None:
+        (cwd / name).write_text("not a folder\n")
+    return setup
+
+
+def _empty_folder(cwd: Path, fx: dict[str, Path]) -> None:
+    (cwd / "empty").mkdir()
+
+
+def _truncated_idx(cwd: Path, fx: dict[str, Path]) -> None:
+    raw = write_idx(cwd / "data" / "MNIST" / "raw")
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+
+
+def _locked_root(cwd: Path, fx: dict[str, Path]) -> None:
+    write_idx(cwd / "locked" / "FashionMNIST" / "raw")
+    (cwd / "locked").chmod(0)
+
+
+# ------------------------------------------------------------------------- the catalogue
+
+
+@dataclass(frozen=True)
+class Case:
+    tool: str  # cnn-train, cnn-eval or cnn-summary
+    args: tuple[str, ...]
+    expect: tuple[str, ...]  # distinctive parts of the one error line: the key, layer or file, and the fix
+    setup: Callable[[Path, dict[str, Path]], None] | None = None  # files it needs in its folder
+    needs_run: bool = False  # waits for the training run's checkpoints
+    reject: tuple[str, ...] = ()  # what the line must not say (a wrong diagnosis, a wrong fix)
+
+
+def train(*args: str, expect: tuple[str, ...], setup=None, needs_run: bool = False, reject: tuple[str, ...] = ()) -> Case:
+    return Case("cnn-train", args, expect, setup, needs_run, reject)
+
+
+CASES: dict[str, Case] = {
+    # ---- composing the config: unknown options and keys, wrong types, syntax
+    "unknown_model_option": train(
+        "model=lenet6",
+        expect=("model=lenet6: no such model config", "available: ", "lenet5, lenet5_bn", "resnet20", "--config-dir")),
+    "misspelt_key": train(
+        SAMPLE, "trainer.epoch=3", expect=("trainer.epoch: no such key", "did you mean trainer.epochs?")),
+    "misspelt_nested_key": train(
+        SAMPLE, "dataset.augment.fli=true",
+        expect=("dataset.augment.fli: no such key", "did you mean dataset.augment.flip?")),
+    "added_key_nothing_reads": train(
+        SAMPLE, "+trainer.foo=1", expect=("trainer.foo: no such key, nothing would read it", "valid keys: epochs, batch_size")),
+    "int_given_text": train(
+        SAMPLE, "trainer.epochs=abc", expect=("trainer.epochs: ", "'abc'", "Integer")),
+    "bool_given_text": train(
+        SAMPLE, "trainer.channels_last=maybe", expect=("trainer.channels_last: ", "'maybe'", "bool")),
+    "float_given_text": train(
+        SAMPLE, "optimizer.lr=fast", expect=("optimizer.lr: ", "'fast'", "Float")),
+    "bad_override_syntax": train(
+        "model=[", expect=("model=[", "https://hydra.cc/docs/advanced/override_grammar/basic/")),
+    # ---- values out of range
+    "zero_epochs": train(SAMPLE, "trainer.epochs=0", expect=("trainer.epochs=0 must be >= 1",)),
+    "zero_batch_size": train(SAMPLE, "trainer.batch_size=0", expect=("trainer.batch_size=0 must be >= 1",)),
+    "label_smoothing_above_one": train(
+        SAMPLE, "trainer.label_smoothing=1.5", expect=("trainer.label_smoothing=1.5 must be in [0, 1)", "e.g. 0.1")),
+    "negative_lr": train(SAMPLE, "optimizer.lr=-1", expect=("optimizer.lr=-1", "must be > 0", "e.g. optimizer.lr=0.01")),
+    "zero_val_size": train(SAMPLE, "dataset.val_size=0", expect=("dataset.val_size=0 must be >= 1",)),
+    "zero_grad_clip_norm": train(
+        SAMPLE, "trainer.grad_clip_norm=0", expect=("trainer.grad_clip_norm=0", "must be > 0", "or null")),
+    "warmup_longer_than_the_run": train(
+        SAMPLE, "trainer.epochs=2", "scheduler.warmup_epochs=5",
+        expect=("scheduler.warmup_epochs=5", "less than trainer.epochs=2")),
+    "mean_with_three_channels_for_grey_images": train(
+        SAMPLE, "dataset.mean=[0.5,0.5,0.5]", expect=("dataset.mean", "one value per channel (1)", "got 3 and 1")),
+    # ---- the model's shapes
+    "summary_kernel_larger_than_input": Case(
+        "cnn-summary", ("model.layers.0.conv2d.kernel_size=40",),
+        ("model.layers[0] (conv2d)", "kernel 40 is larger than its padded input", "smaller kernel_size")),
+    "summary_linear_after_unflattened_map": Case(
+        "cnn-summary", ("model.layers.6=relu",), ("model.layers[7] (linear)", "50 x 7 x 7", "add `- flatten` before it")),
+    "train_kernel_larger_than_input": train(
+        SAMPLE, "model.layers.0.conv2d.kernel_size=40",
+        expect=("model.layers[0] (conv2d)", "kernel 40 is larger than its padded input", "smaller kernel_size")),
+    "train_linear_after_unflattened_map": train(
+        SAMPLE, "model.layers.6=relu",
+        expect=("model.layers[7] (linear)", "50 x 7 x 7", "add `- flatten` before it")),
+    "last_layer_width_is_not_the_class_count": train(
+        SAMPLE, "model.layers.9.linear.out_features=7",
+        expect=("model.layers:", "ends with output 7", "has 10 classes", "out_features: ${dataset.num_classes}")),
+    # ---- device and precision
+    "cuda_without_a_gpu": train(
+        SAMPLE, "trainer.device=cuda", expect=("trainer.device=cuda", "no CUDA GPU", "trainer.device=auto or cpu")),
+    "float16_on_the_cpu": train(
+        SAMPLE, "trainer.device=cpu", "trainer.precision=16",
+        expect=("trainer.precision=16 needs a CUDA GPU", "trainer.precision=bf16 or 32")),
+    "unknown_precision": train(SAMPLE, "trainer.precision=fp8", expect=("trainer.precision=fp8", "32, bf16, 16")),
+    # ---- data
+    "dataset_root_is_a_file": train(
+        "dataset=mnist", "dataset.root=notafolder.txt", setup=_a_file("notafolder.txt"),
+        expect=("dataset.root=notafolder.txt is a file, not a folder", "MNIST/")),
+    "dataset_root_unreadable": train(
+        "dataset=fashion_mnist", "dataset.root=locked", "dataset.download=false", setup=_locked_root,
+        expect=("locked", "ermission denied"), reject=("cannot write", "hydra.run.dir")),
+    "empty_root_without_download": train(
+        "dataset=fashion_mnist", "dataset.root=empty", "dataset.download=false", setup=_empty_folder,
+        expect=("dataset 'fashion_mnist'", "empty/FashionMNIST/raw", *MNIST_FILES, "dataset.download=true")),
+    "truncated_dataset_file": train(
+        "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_truncated_idx,
+        expect=("data/MNIST/raw/train-images-idx3-ubyte is truncated or corrupted", "download again")),
+    # ---- checkpoints
+    "resume_missing_path": train(
+        "resume=nothing/here", expect=("resume=nothing/here: no checkpoint there", "give a run folder")),
+    "resume_random_bytes": train(
+        "resume=random.pt", setup=_random_bytes,
+        expect=("resume=random.pt", "random.pt is not a readable checkpoint", "not a cnn-cli checkpoint"),
+        reject=("could run code",)),
+    "resume_finished_run": train(
+        "resume=run", setup=_finished_run, needs_run=True,
+        expect=("resume=run: that run already finished", "init_from=")),
+    "resume_with_a_changed_learning_rate": train(
+        "resume=run", "optimizer.lr=1", setup=_unfinished_run, needs_run=True,
+        expect=("'optimizer.lr=1' would change the run", "trainer.device", "init_from=")),
+    "init_from_another_architecture": train(
+        SAMPLE, "model=lenet5_bn", "init_from=run/checkpoints/best.pt", setup=_finished_run, needs_run=True,
+        expect=("init_from=run/checkpoints/best.pt", "model 'lenet5'", "do not fit", "missing bn1.", "same architecture")),
+    "eval_without_a_checkpoint": Case(
+        "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")),
+    "eval_random_bytes": Case(
+        "cnn-eval", ("checkpoint=random.pt",),
+        ("checkpoint=random.pt", "random.pt is not a readable checkpoint", "not a cnn-cli checkpoint"), _random_bytes,
+        reject=("could run code",)),
+    "eval_truncated_checkpoint": Case(
+        "cnn-eval", ("checkpoint=half.pt",), ("checkpoint=half.pt", "is not a readable checkpoint", "truncated"),
+        _half_checkpoint, needs_run=True),
+    "eval_split_train": Case(
+        "cnn-eval", ("checkpoint=run/checkpoints/best.pt", "split=train"), ("split=train", "choose test or val"),
+        _finished_run, needs_run=True),
+    # ---- where the run would be written
+    "run_dir_inside_a_file": train(
+        SAMPLE, "hydra.run.dir=somefile/run", setup=_a_file("somefile"),
+        expect=("somefile/run", "Not a directory", "hydra.run.dir=PATH")),
+}
+
+SKIP: dict[str, str] = {"dataset_root_unreadable": "runs as root, which can read a chmod 000 folder"} if AS_ROOT else {}
+
+
+# ------------------------------------------------------------------------- running them
+
+
+@dataclass
+class Result:
+    proc: subprocess.CompletedProcess
+    before: dict[str, object]
+    after: dict[str, object]
+    hashes_before: dict[str, str]
+    hashes_after: dict[str, str]
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under root: folders by name, files by size and modification time.
+
+    Folder modification times are left out: a cnn-train attempt stopped by bad input creates
+    its run folder (outputs/DATE/TIME/) and removes it again, which touches the parent's
+    time but leaves nothing behind; what is left behind is what this compares."""
+    tree: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            tree[rel] = "folder" if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+    return tree
+
+
+def hashes(root: Path) -> dict[str, str]:
+    """sha256 of every readable file under root (the files the case set up)."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath, name)
+            out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _run_case(case: Case, cwd: Path, fx: dict[str, Path]) -> Result:
+    cwd.mkdir(parents=True)
+    if case.setup:
+        case.setup(cwd, fx)
+    before, hashes_before = snapshot(cwd), hashes(cwd)
+    command = [str(BIN / case.tool), *case.args]
+    try:
+        proc = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as err:  # one hung case fails alone
+        proc = subprocess.CompletedProcess(command, None, str(err.stdout or ""), f"timed out after 240 s\n{err.stderr or ''}")
+    return Result(proc, before, snapshot(cwd), hashes_before, hashes(cwd))
+
+
+def _make_unfinished(run: Path, dest: Path) -> None:
+    """The finished run as if stopped before its end: its last.pt says finished=False."""
+    import torch  # here, not at collection: it costs seconds
+
+    shutil.copytree(run, dest)
+    last = dest / "checkpoints" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    state["finished"] = False
+    torch.save(state, last)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, Result]:
+    for tool in ("cnn-train", "cnn-eval", "cnn-summary"):
+        assert (BIN / tool).exists(), f"console script {tool} not installed next to {sys.executable}"
+    root = tmp_path_factory.mktemp("bad_input")
+    fx = {"run": root / "fixtures" / "run", "unfinished": root / "fixtures" / "unfinished"}
+    todo = {name: case for name, case in CASES.items() if name not in SKIP}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # the training run first: the cases that need its checkpoints wait for it, the others do not
+        training = pool.submit(subprocess.run, [str(BIN / "cnn-train"), *TINY, f"hydra.run.dir={fx['run']}"],
+                               cwd=root, env=ENV, capture_output=True, text=True, timeout=240)
+        futures: dict[str, Future] = {name: pool.submit(_run_case, case, root / "cases" / name, fx)
+                                      for name, case in todo.items() if not case.needs_run}
+        proc = training.result()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (fx["run"] / "checkpoints" / "best.pt").is_file()
+        _make_unfinished(fx["run"], fx["unfinished"])
+        futures.update({name: pool.submit(_run_case, case, root / "cases" / name, fx)
+                        for name, case in todo.items() if case.needs_run})
+        done = {name: future.result() for name, future in futures.items()}
+    locked = root / "cases" / "dataset_root_unreadable" / "locked"
+    if locked.exists():  # let the tmp folder's clean-up in
+        locked.chmod(0o755)
+    return done
+
+
+def _params():
+    for name, case in CASES.items():
+        marks = []
+        if name in SKIP:
+            marks.append(pytest.mark.skip(reason=SKIP[name]))
+        yield pytest.param(name, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("name", list(_params()))
+def test_bad_input_is_one_line_with_the_fix_and_writes_nothing(results: dict[str, Result], name: str) -> None:
+    case, result = CASES[name], results[name]
+    proc = result.proc
+    print(f"{case.tool} {' '.join(case.args)}\n{proc.stderr}")  # shown with -rP: the catalogue of messages
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-4000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and line[len("error: "):].strip(), line
+    for part in case.expect:
+        assert part in line, (part, line)
+    for part in case.reject:
+        assert part not in line, (part, line)
+    assert result.after == result.before, {
+        "new or changed": sorted(k for k in result.after if result.after[k] != result.before.get(k)),
+        "gone": sorted(k for k in result.before if k not in result.after)}
+    assert result.hashes_after == result.hashes_before
