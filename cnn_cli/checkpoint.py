@@ -51,9 +51,6 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    for stale in path.parent.glob(".*.tmp"):  # left by a process killed mid-write
-        if not stale.name.endswith(f".{os.getpid()}.tmp"):
-            stale.unlink(missing_ok=True)
     if os.name == "posix":  # make the rename itself durable (folders cannot be opened on Windows)
         try:
             dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -63,6 +60,13 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
                 os.close(dir_fd)
         except OSError:  # some network filesystems refuse fsync on a folder
             pass
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files of a process killed mid-write (never read: the rename is
+    what publishes a checkpoint). Called as a run starts training in its folder."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def resolve(path: str | Path, key: str) -> Path:

@@ -193,6 +193,8 @@ def train(job: Job) -> float:
                              "progress": asdict(progress), "rng": _rng_state(), "config": config,
                              "finished": finished, "versions": _versions()}, ckpt_dir / name)
 
+    if rank.main:
+        checkpoint.remove_leftovers(ckpt_dir)
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None) if rank.main \
         else _NoWriter()
