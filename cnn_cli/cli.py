@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -90,7 +91,9 @@ def main(app: Callable[[], Any]) -> None:
             sys.exit(1)
         if not isinstance(err, REPORTED) or want_traceback():
             raise
-        where = "; choose the run folder with hydra.run.dir=PATH" if isinstance(err, OSError) else ""  # Hydra's mkdir
+        # an OSError here is Hydra failing to make the run folder (a missing config is an IOError too)
+        made_folder = isinstance(err, OSError) and not isinstance(err, HydraException)
+        where = "; choose the run folder with hydra.run.dir=PATH" if made_folder else ""
         print(f"error: {describe(err)}{where}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     swept = sweep.started()
