@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # 2.8 s, which a run on the bundled sample or a config error need not pay.
 SOURCES = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
+RANDOM = "random"  # random pixels and labels: times an architecture with no files at all
 FALLBACK_NAME = "mnist_sample (fallback)"
 
 
@@ -88,8 +89,10 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     """Train and test images (uint8, N x C x H x W) and labels, from torchvision or the sample."""
     if cfg.source == SAMPLE:
         return (*_read_sample(), cfg.name)
+    if cfg.source == RANDOM:
+        return (*_read_random(cfg), cfg.name)
     if cfg.source not in SOURCES:
-        raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, SAMPLE])}")
+        raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, SAMPLE, RANDOM])}")
     cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
@@ -201,6 +204,18 @@ def _read_sample() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     with resources.as_file(path) as file, np.load(file) as npz:
         return (torch.from_numpy(npz["train_images"]).unsqueeze(1), torch.from_numpy(npz["train_labels"]).long(),
                 torch.from_numpy(npz["test_images"]).unsqueeze(1), torch.from_numpy(npz["test_labels"]).long())
+
+
+def _read_random(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dataset.num_images = [train, test] random images of dataset.input_shape and random
+    labels, the same every time (seed 0)."""
+    sizes = list(cfg.num_images or [])
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise UserError(f"dataset.num_images={sizes} must be two counts, [train, test], e.g. [50000, 10000]")
+    gen = torch.Generator().manual_seed(0)
+    splits = [(torch.randint(0, 256, (n, *cfg.input_shape), dtype=torch.uint8, generator=gen),
+               torch.randint(0, cfg.num_classes, (n,), generator=gen)) for n in sizes]
+    return (*splits[0], *splits[1])
 
 
 def _warn_fallback(cfg: DictConfig, root: Path, missing: _Missing) -> None:

@@ -63,6 +63,7 @@ class DatasetSchema:
     val_size: int = MISSING
     split_seed: int = MISSING
     augment: AugmentSchema = field(default_factory=AugmentSchema)
+    num_images: Optional[List[int]] = None  # source: random only: how many [train, test] images
 
 
 @dataclass
@@ -161,6 +162,9 @@ def check(cfg: DictConfig) -> None:
     _at_least("dataset.num_classes", dataset.num_classes, 2)
     _at_least("dataset.val_size", dataset.val_size, 1)
     _at_least("dataset.augment.crop_padding", dataset.augment.crop_padding, 0)
+    if dataset.num_images is not None and dataset.source != "random":
+        raise UserError(f"dataset.num_images is only for dataset=random; {dataset.name} has its own images "
+                        "(use trainer.limit_train_batches to train on fewer)")
     if any(s <= 0 for s in dataset.std):
         raise UserError(f"dataset.std={list(dataset.std)}: every value must be > 0 (it divides)")
 

@@ -183,6 +183,12 @@ CASES: dict[str, Case] = {
     "truncated_dataset_file": train(
         "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_truncated_idx,
         expect=("data/MNIST/raw/train-images-idx3-ubyte is truncated or corrupted", "download again")),
+    "random_data_with_one_count": train(
+        "dataset=random", "dataset.num_images=[500]",
+        expect=("dataset.num_images=[500] must be two counts, [train, test]", "e.g. [50000, 10000]")),
+    "image_count_for_a_real_dataset": train(
+        SAMPLE, "dataset.num_images=[500,100]",
+        expect=("dataset.num_images is only for dataset=random", "trainer.limit_train_batches")),
     # ---- checkpoints
     "resume_missing_path": train(
         "resume=nothing/here", expect=("resume=nothing/here: no checkpoint there", "give a run folder")),

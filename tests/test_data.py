@@ -345,6 +345,19 @@ def test_normalised_training_epoch_has_zero_mean_unit_std(sample: data.Data) -> 
     assert abs(images.std().item() - 1) < 0.02
 
 
+def test_random_dataset_has_the_asked_shape_sizes_and_is_the_same_every_time() -> None:
+    overrides = ("dataset=random", "dataset.input_shape=[3,12,10]", "dataset.num_images=[300,40]", "dataset.val_size=20")
+    loaded, again = data.load(compose_dataset(*overrides)), data.load(compose_dataset(*overrides))
+    assert loaded.name == "random"
+    assert (len(loaded.train), len(loaded.val), len(loaded.test)) == (280, 20, 40)
+    assert tuple(loaded.train.images.shape) == (280, 3, 12, 10) and loaded.train.images.dtype == torch.uint8
+    assert set(loaded.test.labels.tolist()) <= set(range(10)) and len(set(loaded.train.labels.tolist())) == 10
+    assert loaded.train.images.float().std() > 60  # noise over the whole 0..255 range, not a constant
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(loaded, split).images, getattr(again, split).images)
+        assert torch.equal(getattr(loaded, split).labels, getattr(again, split).labels)
+
+
 # ------------------------------------------------------------------------- offline fallback (in-process)
 
 
