@@ -1,11 +1,13 @@
 """Training speed of cnn-train against (b) a plain PyTorch loop over pre-loaded tensors and
 (c) the data pipeline of pytorch/examples mnist/main.py, side by side, same machine, same
-LeNet-5, batch 128, SGD, full MNIST.
+LeNet-5, batch 128, SGD, full MNIST, float32.
 
-    python benchmarks/speed.py --root ../shared/data [--epochs 3] [--batches 200] [-- cnn-train overrides]
+    python benchmarks/speed.py --root ../shared/data [--device cpu] [--epochs 3] [--batches 200] [-- cnn-train overrides]
 
 Each contender runs in its own process, so peak RSS and start-up are its own. Throughput
 is images/s over the epochs after the first (the first warms up kernels and allocators).
+The start-up floor is a process that only imports torch and torch._dynamo, which every
+optimizer.step() imports: no PyTorch training loop can take its first step sooner.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ def lenet5():
     )
 
 
-def train_loop(batches_of_epoch, epochs: int) -> None:
+def train_loop(batches_of_epoch, epochs: int, device: str) -> None:
     """The loop both baselines share; prints 'training:' at the first step and JSON at the end."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    model = lenet5()
+    model = lenet5().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     print("training:", flush=True)
     rates = []
@@ -55,27 +57,28 @@ def train_loop(batches_of_epoch, epochs: int) -> None:
     print(json.dumps({"img_per_s": sum(rates[1:]) / len(rates[1:])}), flush=True)
 
 
-def plain(root: str, epochs: int, batches: int) -> None:
-    """(b) The floor: the whole training set pre-normalised as one float tensor, sliced."""
+def plain(root: str, epochs: int, batches: int, device: str) -> None:
+    """(b) The floor: the whole training set pre-normalised as one float tensor on the
+    device, sliced."""
     import torch
     from torchvision import datasets
 
     train = datasets.MNIST(root, train=True, download=False)
-    x = ((train.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
-    y = train.targets
+    x = ((train.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1).to(device)
+    y = train.targets.to(device)
 
     def epoch_batches(epoch: int):
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch)).to(device)
         for b in range(batches):
             idx = order[b * 128:(b + 1) * 128]
             yield x[idx], y[idx]
 
-    train_loop(epoch_batches, epochs)
+    train_loop(epoch_batches, epochs, device)
 
 
-def examples(root: str, epochs: int, batches: int) -> None:
+def examples(root: str, epochs: int, batches: int, device: str) -> None:
     """(c) pytorch/examples mnist/main.py's pipeline: per-sample ToTensor and Normalize, a
-    DataLoader with one worker."""
+    DataLoader with one worker (and pinned memory on CUDA), each batch copied to the device."""
     import itertools
 
     import torch
@@ -83,8 +86,14 @@ def examples(root: str, epochs: int, batches: int) -> None:
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train = datasets.MNIST(root, train=True, download=False, transform=transform)
-    loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, num_workers=1)
-    train_loop(lambda epoch: itertools.islice(loader, batches), epochs)
+    loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, num_workers=1,
+                                         pin_memory=device.startswith("cuda"))
+
+    def epoch_batches(epoch: int):
+        for images, labels in itertools.islice(loader, batches):
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    train_loop(epoch_batches, epochs, device)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -109,6 +118,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batches", type=int, default=200, help="training batches per epoch")
     parser.add_argument("--only", choices=["a", "b", "c"], action="append")
@@ -116,7 +126,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["plain", "examples"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        {"plain": plain, "examples": examples}[args.role](args.root, args.epochs, args.batches)
+        {"plain": plain, "examples": examples}[args.role](args.root, args.epochs, args.batches, args.device)
         return
 
     root = str(Path(args.root).resolve())
@@ -125,18 +135,20 @@ def main() -> None:
     if "a" in (args.only or "abc"):
         run_dir = tmp / "a"
         results["a"] = measure([str(BIN / "cnn-train"), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
-                                "scheduler=none", f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
+                                "scheduler=none", f"trainer.device={args.device}", "trainer.precision=32",
+                                f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
                                 f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",
                                 "trainer.progress=false", f"hydra.run.dir={run_dir}", *args.overrides])
         history = json.loads((run_dir / "metrics.json").read_text())["history"]
         results["a"]["img_per_s"] = sum(e["img_per_s"] for e in history[1:]) / len(history[1:])
     for key, role in (("b", "plain"), ("c", "examples")):
         if key in (args.only or "abc"):
-            results[key] = measure([sys.executable, __file__, "--role", role, "--root", root,
+            results[key] = measure([sys.executable, __file__, "--role", role, "--root", root, "--device", args.device,
                                     "--epochs", str(args.epochs), "--batches", str(args.batches)])
+    floor = measure([sys.executable, "-c", "import torch, torch._dynamo; print('training:')"])["first_step_s"]
 
     names = {"a": "(a) cnn-train", "b": "(b) plain loop, tensors", "c": "(c) examples/mnist DataLoader"}
-    print(f"\n{'':32}{'img/s':>9}{'peak RSS MB':>13}{'first step s':>14}")
+    print(f"\non {args.device}{'':{28 - len(args.device)}}{'img/s':>9}{'peak RSS MB':>13}{'first step s':>14}")
     for key, r in results.items():
         print(f"{names[key]:32}{r['img_per_s']:9.0f}{r['rss_mb']:13.0f}{r['first_step_s']:14.1f}")
     if {"a", "b"} <= results.keys():
@@ -144,6 +156,7 @@ def main() -> None:
               f"a/b peak RSS {results['a']['rss_mb'] / results['b']['rss_mb']:.3f}")
     if {"a", "c"} <= results.keys():
         print(f"a/c throughput {results['a']['img_per_s'] / results['c']['img_per_s']:.3f}")
+    print(f"start-up floor (import torch, torch._dynamo) {floor:.1f} s")
 
 
 if __name__ == "__main__":
