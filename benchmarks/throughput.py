@@ -1,7 +1,8 @@
 """Training throughput of cnn-train's bigger architectures on random 32x32 data
 (dataset=random), in float32 and bf16 autocast, without and with channels_last.
 
-    python benchmarks/throughput.py [--device cuda] [--models resnet20 vgg11_bn] [--epochs 3] [--batches 100]
+    python benchmarks/throughput.py [--device cuda] [--models resnet20 vgg11_bn] [--precisions 32 bf16]
+                                    [--epochs 3] [--batches 100] [--batch-size 128]
 
 Each setting is its own cnn-train run; img/s is cnn-train's own training throughput
 averaged over the epochs after the first (the first warms up kernels and cuDNN's choice).
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--models", nargs="+", default=["resnet20", "vgg11_bn"])
+    parser.add_argument("--precisions", nargs="+", default=["32", "bf16"], choices=["32", "bf16", "16"])
     parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first is warm-up")
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -49,10 +51,10 @@ def main() -> None:
 
     print(f"{'on ' + args.device:12}{'':10}{'img/s':>10}{'+ channels_last':>17}")
     with tempfile.TemporaryDirectory(prefix="cnn-throughput-") as tmp:
-        for model, precision in itertools.product(args.models, ("32", "bf16")):
+        for model, precision in itertools.product(args.models, args.precisions):
             rates = [img_per_s(model, args.device, precision, cl, args, Path(tmp) / f"{model}-{precision}-{cl}")
                      for cl in (False, True)]
-            label = "float32" if precision == "32" else "bf16"
+            label = {"32": "float32", "bf16": "bf16", "16": "float16"}[precision]
             print(f"{model:12}{label:10}{rates[0]:10.0f}{rates[1]:11.0f} ({rates[1] / rates[0]:.2f}x)", flush=True)
 
 
