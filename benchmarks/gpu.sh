@@ -4,32 +4,42 @@
 # resnet20 and vgg11_bn on random 32x32 images, float32 / bf16, without / with channels_last.
 #
 # A GPU machine with no network (the device tool's) has torch, torchvision, tensorboard and
-# tqdm but not hydra-core / omegaconf: carry them as wheels, with MNIST's four .gz files.
-#   here:   bash benchmarks/gpu.sh prepare      (fills the git-ignored benchmarks/wheels and data/MNIST/raw)
-#   there:  bash benchmarks/gpu.sh              (carry benchmarks/wheels and data along)
-# Anywhere, to try the whole script in a minute: DEVICE=cpu QUICK=1 bash benchmarks/gpu.sh
+# tqdm but not hydra-core / omegaconf: carry them as wheels, with this checkout's own wheel
+# and MNIST's four .gz files (12 MB in all).
+#   here:   bash benchmarks/gpu.sh prepare      (fills the git-ignored benchmarks/carry)
+#   there:  bash benchmarks/gpu.sh              (carry benchmarks/carry along)
+# ROOT=DIR uses MNIST already unpacked in DIR/MNIST/raw instead of the carried files.
+# Anywhere, to try the whole script in a minute or two: DEVICE=cpu QUICK=1 bash benchmarks/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-ROOT=${ROOT:-data}
-WHEELS=benchmarks/wheels
+CARRY=benchmarks/carry
 
 if [ "${1:-}" = prepare ]; then
-  "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: -d "$WHEELS" hydra-core==1.3.2 omegaconf==2.3.0
-  "$PYTHON" -m pip wheel --quiet --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3  # an sdist on PyPI
-  mkdir -p "$ROOT/MNIST/raw"
-  cp "${MNIST_GZ:-../shared/data/MNIST/raw}"/*.gz "$ROOT/MNIST/raw/"
-  du -sh "$WHEELS" "$ROOT/MNIST/raw"
+  rm -rf "$CARRY"
+  mkdir -p "$CARRY/mnist"
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: -d "$CARRY/wheels" hydra-core==1.3.2 omegaconf==2.3.0
+  "$PYTHON" -m pip wheel --quiet --no-deps -w "$CARRY/wheels" antlr4-python3-runtime==4.9.3  # an sdist on PyPI
+  "$PYTHON" -m pip wheel --quiet --no-deps -w "$CARRY/wheels" .  # cnn-cli as this checkout is now
+  cp "${MNIST_GZ:-../shared/data/MNIST/raw}"/*.gz "$CARRY/mnist/"
+  du -sh "$CARRY"
   exit
 fi
 
-if ! "$PYTHON" -c "import hydra, cnn_cli.configs" 2>/dev/null; then
-  "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" --no-build-isolation -e .
+if ! "$PYTHON" -c "import hydra, cnn_cli.configs" 2>/dev/null; then  # not installed: use the carried wheels
+  site=/tmp/cnn-cli-site
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$site" "$CARRY"/wheels/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
 fi
-for gz in "$ROOT"/MNIST/raw/*.gz; do
-  [ -e "${gz%.gz}" ] || gunzip -k "$gz"
-done
+if [ -z "${ROOT:-}" ]; then  # unpack the carried MNIST outside the checkout
+  ROOT=${TMPDIR:-/tmp}/cnn-cli-data
+  mkdir -p "$ROOT/MNIST/raw"
+  for gz in "$CARRY"/mnist/*.gz; do
+    raw="$ROOT/MNIST/raw/$(basename "$gz" .gz)"
+    [ -e "$raw" ] || gunzip -c "$gz" > "$raw"
+  done
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 "$PYTHON" -c 'import torch; print("torch", torch.__version__,
               torch.cuda.get_device_name() if torch.cuda.is_available() else "(no CUDA GPU)")'

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from common import cnn_train
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -28,7 +28,7 @@ def peak_rss_mb(pid: int) -> float:
 def train(root: str, images: int, epochs: int, run_dir: Path) -> tuple[list[dict], list[float]]:
     """Train on `images` training images (the rest of the 60,000 is the validation split);
     returns the epoch history and the peak RSS after each epoch."""
-    cmd = [str(BIN / "cnn-train"), "model=lenet5", f"dataset.root={root}", f"dataset.val_size={60000 - images}",
+    cmd = [cnn_train(), "model=lenet5", f"dataset.root={root}", f"dataset.val_size={60000 - images}",
            f"trainer.epochs={epochs}", "trainer.limit_val_batches=1", "trainer.progress=false",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

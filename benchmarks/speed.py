@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from common import cnn_train
 
 
 def lenet5():
@@ -134,7 +134,7 @@ def main() -> None:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-speed-{os.getpid()}"
     if "a" in (args.only or "abc"):
         run_dir = tmp / "a"
-        results["a"] = measure([str(BIN / "cnn-train"), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
+        results["a"] = measure([cnn_train(), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
                                 "scheduler=none", f"trainer.device={args.device}", "trainer.precision=32",
                                 f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
                                 f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",

@@ -18,14 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from common import cnn_train
 
 
 def img_per_s(model: str, device: str, precision: str, channels_last: bool, args: argparse.Namespace,
               run_dir: Path) -> float:
     """One cnn-train run; its mean training img/s after the first epoch."""
     few = args.batch_size  # validation and test images: their evaluation is not what is timed
-    cmd = [str(BIN / "cnn-train"), f"model={model}", "dataset=random", f"dataset.val_size={few}",
+    cmd = [cnn_train(), f"model={model}", "dataset=random", f"dataset.val_size={few}",
            f"dataset.num_images=[{args.batches * args.batch_size + few},{few}]",
            f"trainer.device={device}", f"trainer.precision={precision}", f"trainer.channels_last={channels_last}",
            f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}", "trainer.progress=false",
