@@ -134,6 +134,8 @@ def register() -> None:
     lr = torch.optim.lr_scheduler
     for cls in (lr.StepLR, lr.MultiStepLR, lr.CosineAnnealingLR, lr.OneCycleLR, lr.ConstantLR):
         cs.store(group="schema/scheduler", name=cls.__name__, node=signature_schema(cls, _SCHEDULER_KEYS))
+    cs.store(group="schema/scheduler", name="ReduceLROnPlateau",
+             node=signature_schema(lr.ReduceLROnPlateau, [*_SCHEDULER_KEYS, ("monitor", str, "val_loss")]))
 
 
 def check(cfg: DictConfig) -> None:
@@ -158,6 +160,7 @@ def check(cfg: DictConfig) -> None:
     warmup = cfg.scheduler.get("warmup_epochs", 0)
     if not 0 <= warmup < trainer.epochs:
         raise UserError(f"scheduler.warmup_epochs={warmup} must be >= 0 and less than trainer.epochs={trainer.epochs}")
+    _check_monitor(cfg.scheduler)
     dataset = cfg.dataset
     _at_least("dataset.num_classes", dataset.num_classes, 2)
     _at_least("dataset.val_size", dataset.val_size, 1)
@@ -167,6 +170,28 @@ def check(cfg: DictConfig) -> None:
                         "(use trainer.limit_train_batches to train on fewer)")
     if any(s <= 0 for s in dataset.std):
         raise UserError(f"dataset.std={list(dataset.std)}: every value must be > 0 (it divides)")
+
+
+MONITORED = {"val_loss": "min", "val_acc": "max"}  # what ReduceLROnPlateau may watch, and its mode
+
+
+def _check_monitor(scheduler: DictConfig) -> None:
+    """ReduceLROnPlateau (the one scheduler with a monitor) steps once per epoch on a
+    validation metric, in the direction that metric improves, with no warm-up before it."""
+    monitor = scheduler.get("monitor")
+    if monitor is None:
+        return
+    if monitor not in MONITORED:
+        raise UserError(f"scheduler.monitor={monitor}: choose {' or '.join(MONITORED)}")
+    if scheduler.mode != MONITORED[monitor]:
+        raise UserError(f"scheduler.monitor={monitor} improves as it {'falls' if MONITORED[monitor] == 'min' else 'rises'}"
+                        f": set scheduler.mode={MONITORED[monitor]}")
+    if scheduler.interval != "epoch":
+        raise UserError(f"scheduler.interval={scheduler.interval}: ReduceLROnPlateau steps once per epoch, on the "
+                        "validation metric; use scheduler.interval=epoch")
+    if scheduler.warmup_epochs:
+        raise UserError(f"scheduler.warmup_epochs={scheduler.warmup_epochs}: ReduceLROnPlateau cannot follow a "
+                        "warm-up (PyTorch's SequentialLR would not pass it the metric); set it to 0")
 
 
 def _no_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:

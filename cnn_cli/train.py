@@ -259,8 +259,9 @@ def train(job: Job) -> float:
                 progress.train_seconds += time.perf_counter() - started
                 if progress.batch >= steps_per_epoch:  # the epoch is complete
                     improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp, rank)
-                    if not per_step:
-                        scheduler.step()
+                    if not per_step:  # ReduceLROnPlateau steps on the validation metric it watches
+                        monitor = cfg.scheduler.get("monitor")
+                        scheduler.step(*([progress.history[-1][monitor]] if monitor else []))
                     if improved:  # best.pt first: a last.pt naming a best epoch always has its best.pt
                         save("best.pt")
                     save("last.pt")
@@ -370,6 +371,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     if interval not in ("epoch", "step"):
         raise UserError(f"scheduler.interval={interval}: choose epoch or step")
     per_step = interval == "step"
+    options.pop("monitor", None)  # ReduceLROnPlateau's metric, which the loop passes to its step()
     warmup = options.pop("warmup_epochs", 0) * (steps_per_epoch if per_step else 1)
     total = epochs * (steps_per_epoch if per_step else 1)
     length_key = schema.LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])

@@ -146,6 +146,9 @@ CASES: dict[str, Case] = {
     "warmup_longer_than_the_run": train(
         SAMPLE, "trainer.epochs=2", "scheduler.warmup_epochs=5",
         expect=("scheduler.warmup_epochs=5", "less than trainer.epochs=2")),
+    "plateau_on_accuracy_in_min_mode": train(
+        SAMPLE, "scheduler=plateau", "scheduler.monitor=val_acc",
+        expect=("scheduler.monitor=val_acc improves as it rises", "set scheduler.mode=max")),
     "mean_with_three_channels_for_grey_images": train(
         SAMPLE, "dataset.mean=[0.5,0.5,0.5]", expect=("dataset.mean", "one value per channel (1)", "got 3 and 1")),
     # ---- the model's shapes

@@ -186,6 +186,17 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
 
 
+def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: Path) -> None:
+    # threshold 10 (relative, mode min) counts no epoch as an improvement, so with patience 0
+    # ReduceLROnPlateau multiplies the rate by factor after every epoch's validation
+    cnn("cnn-train", *TINY, "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
+        "scheduler.threshold=10", "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    rates = [row["lr"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]]
+    assert rates == pytest.approx([0.05, 0.025, 0.0125])
+    state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["scheduler"]
+    assert state["num_bad_epochs"] == 0 and state["_last_lr"] == pytest.approx([0.00625])  # saved for resume
+
+
 def test_configs_from_checkpoints_can_only_build_torch_optim_classes() -> None:
     from cnn_cli.errors import UserError
     from cnn_cli.train import _instantiate
