@@ -18,6 +18,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from cnn_cli.data import RANDOM
 from cnn_cli.errors import UserError
 
 
@@ -165,7 +166,7 @@ def check(cfg: DictConfig) -> None:
     _at_least("dataset.num_classes", dataset.num_classes, 2)
     _at_least("dataset.val_size", dataset.val_size, 1)
     _at_least("dataset.augment.crop_padding", dataset.augment.crop_padding, 0)
-    if dataset.num_images is not None and dataset.source != "random":
+    if dataset.num_images is not None and dataset.source != RANDOM:
         raise UserError(f"dataset.num_images is only for dataset=random; {dataset.name} has its own images "
                         "(use trainer.limit_train_batches to train on fewer)")
     if any(s <= 0 for s in dataset.std):
