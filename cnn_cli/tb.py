@@ -14,13 +14,20 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 
+# Keys that change only how a run is computed or logged, not what it learns: in the HParams
+# tab they would be columns holding the same value in every run.
+NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "optimizer.differentiable",
+               "optimizer.capturable", "scheduler._partial_", "scheduler.last_epoch", "trainer.progress",
+               "trainer.log_every_n_steps", "trainer.log_histograms"}
+
+
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The chosen hyperparameters as flat key -> scalar, for the HParams tab."""
     chosen = {"model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed}
     for group in ("optimizer", "scheduler", "trainer"):
         container = OmegaConf.to_container(cfg[group], resolve=True)
         for key, value in container.items():
-            if key == "_partial_":
+            if f"{group}.{key}" in NOT_HPARAMS:
                 continue
             name = f"{group}.{key}" if key != "_target_" else group
             if isinstance(value, str) and key == "_target_":

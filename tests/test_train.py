@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint
 from cnn_cli.builder import build_model
@@ -64,7 +65,11 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
     assert {"filters/first_conv", "test/misclassified"} <= set(tags["images"])
     assert any(t.startswith("weights/") for t in tags["histograms"])
     assert any(t.startswith("batchnorm/") and t.endswith("running_var") for t in tags["histograms"])
-    assert events.PluginTagToContent("hparams")  # hparams in the run's own folder, no sub-run
+    hparams = set()  # hparams in the run's own folder, no sub-run
+    for content in events.PluginTagToContent("hparams").values():
+        hparams |= set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+    assert {"model", "optimizer", "optimizer.lr", "scheduler", "trainer.batch_size", "trainer.channels_last"} <= hparams
+    assert not hparams & {"optimizer.foreach", "trainer.progress", "trainer.log_every_n_steps"}  # not what it learns
     assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
     assert tags["graph"]
 
