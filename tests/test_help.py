@@ -1,0 +1,52 @@
+"""`--help` of each command, as a person first meets it: what the command does, examples,
+and the options it takes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TOOLS = ("cnn-train", "cnn-summary", "cnn-eval")
+
+
+@pytest.fixture(scope="module")
+def help_text(tmp_path_factory) -> dict[str, str]:
+    """Each command's --help, run at once in parallel (each process starts torch)."""
+    cwd = tmp_path_factory.mktemp("help")
+
+    def run(tool: str) -> str:
+        proc = subprocess.run([str(BIN / tool), "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    with ThreadPoolExecutor(len(TOOLS)) as pool:
+        texts = dict(zip(TOOLS, pool.map(run, TOOLS)))
+    assert list(cwd.iterdir()) == []  # asking for help writes nothing
+    return texts
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_starts_with_what_the_command_does_and_an_example(help_text: dict[str, str], tool: str) -> None:
+    lines = help_text[tool].splitlines()
+    assert lines[0].startswith(f"{tool}: ")
+    assert any(line.strip().startswith(f"{tool} ") for line in lines[1:6])  # an example command
+    assert "powered by Hydra" not in help_text[tool]
+
+
+def test_train_help_lists_the_options_of_each_group(help_text: dict[str, str]) -> None:
+    text = help_text["cnn-train"]
+    assert "model: alexnet_cifar, lenet5, lenet5_bn, mlp, resnet20, vgg11_bn" in text
+    assert "scheduler: cosine, multistep, none, onecycle, plateau, step" in text
+    assert "resume=outputs/DATE/TIME" in text and "--cfg job" in text
+    assert "\ntrainer:\n  epochs: 3\n" in text  # the config it would run
+
+
+def test_eval_help_shows_its_own_keys_not_the_training_groups(help_text: dict[str, str]) -> None:
+    text = help_text["cnn-eval"]
+    assert "checkpoint: ???" in text and "split: test" in text
+    assert "Configuration groups" not in text and "optimizer:" not in text
