@@ -203,6 +203,22 @@ def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: 
     assert state["scheduler"]["num_bad_epochs"] == 0 and state["scheduler"]["factor"] == 0.5
 
 
+def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins() -> None:
+    from hydra import compose, initialize_config_module
+
+    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        plain = compose("train")
+        recipe = compose("train", overrides=["experiment=lenet5_bn_onecycle"])
+        changed = compose("train", overrides=["experiment=lenet5_bn_onecycle", "scheduler=cosine", "optimizer.lr=0.05"])
+    assert (recipe.model.name, recipe.scheduler._target_, recipe.optimizer.lr) == (
+        "lenet5_bn", "torch.optim.lr_scheduler.OneCycleLR", 0.1)
+    assert recipe.dataset == plain.dataset and recipe.trainer == plain.trainer  # the rest is train.yaml's
+    assert (changed.model.name, changed.scheduler._target_, changed.optimizer.lr) == (
+        "lenet5_bn", "torch.optim.lr_scheduler.CosineAnnealingLR", 0.05)
+
+
 def test_configs_from_checkpoints_can_only_build_torch_optim_classes() -> None:
     from cnn_cli.errors import UserError
     from cnn_cli.train import _instantiate

@@ -57,10 +57,12 @@ def site(wheel, tmp_path_factory) -> Path:
 
 def test_wheel_ships_configs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("cnn_cli/configs/model/lenet5.yaml", "cnn_cli/configs/summary.yaml",
-                 "cnn_cli/configs/dataset/mnist.yaml", "cnn_cli/configs/__init__.py",
-                 "cnn_cli/configs/trainer/default.yaml", "cnn_cli/assets/mnist_sample.npz", "cnn_cli/builder.py", "cnn_cli/layers.py", "cnn_cli/cli.py"):
+    for name in ("cnn_cli/configs/__init__.py", "cnn_cli/assets/mnist_sample.npz", "cnn_cli/builder.py",
+                 "cnn_cli/layers.py", "cnn_cli/cli.py"):
         assert name in names, name
+    # every config of every group (a group missing from pyproject's packages would be left out)
+    shipped = {n.removeprefix("cnn_cli/configs/") for n in names if n.startswith("cnn_cli/configs/") and n.endswith(".yaml")}
+    assert shipped == {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     # the top-level configs/ ships only as cnn_cli.configs, not as a stray package
     assert not any(n.startswith("configs/") for n in names)
     entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
