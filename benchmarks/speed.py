@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import cnn_train
+from common import cnn_train, steady_img_per_s
 
 
 def lenet5():
@@ -139,8 +139,7 @@ def main() -> None:
                                 f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
                                 f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",
                                 "trainer.progress=false", f"hydra.run.dir={run_dir}", *args.overrides])
-        history = json.loads((run_dir / "metrics.json").read_text())["history"]
-        results["a"]["img_per_s"] = sum(e["img_per_s"] for e in history[1:]) / len(history[1:])
+        results["a"]["img_per_s"] = steady_img_per_s(run_dir)
     for key, role in (("b", "plain"), ("c", "examples")):
         if key in (args.only or "abc"):
             results[key] = measure([sys.executable, __file__, "--role", role, "--root", root, "--device", args.device,

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import cnn_train
+from common import cnn_train, steady_img_per_s
 
 
 def img_per_s(model: str, device: str, precision: str, channels_last: bool, args: argparse.Namespace,
@@ -33,8 +32,7 @@ def img_per_s(model: str, device: str, precision: str, channels_last: bool, args
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    return sum(e["img_per_s"] for e in history[1:]) / len(history[1:])
+    return steady_img_per_s(run_dir)
 
 
 def main() -> None:
