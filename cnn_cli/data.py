@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Data:
     val: Split
     test: Split
     name: str  # the dataset actually used: "mnist", or "mnist_sample (fallback)"
-    mean: Tensor  # (1, C, 1, 1), on the device
+    mean: Tensor  # (C,), on the device
     std: Tensor
 
 
@@ -79,7 +79,7 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
         return Split(images.to(device), labels.to(device))
 
     def per_channel(values) -> Tensor:
-        return torch.tensor(list(values), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return torch.tensor(list(values), dtype=torch.float32, device=device)
 
     return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
                 split(test_x, test_y), name, per_channel(cfg.mean), per_channel(cfg.std))
@@ -231,9 +231,18 @@ def _warn_fallback(cfg: DictConfig, root: Path, missing: _Missing) -> None:
 # ---------------------------------------------------------------------------- batches
 
 
-def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 batch -> float batch with the dataset's mean and std: (x / 255 - mean) / std."""
-    return (images.float().div_(255) - mean).div_(std)
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """A batch (N, C, ...) of any rank -> float32 with the dataset's per-channel mean and std.
+
+    uint8 samples are pixels and scaled to [0, 1] first: (x / 255 - mean) / std. Float
+    samples (sensor readings such as basic_motions) are taken as they are: (x - mean) / std.
+    `mean` and `std` hold one value per channel (C,), as a tensor or a list.
+    """
+    shape = (1, -1) + (1,) * (images.dim() - 2)  # broadcast over the batch and every spatial axis
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return (x - mean).div_(std)
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""Evaluation: one pass over a split in eval mode, and batchnorm folding for inference."""
+"""Evaluation: one pass over a split in eval mode; cnn-eval."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -19,6 +18,7 @@ from cnn_cli import checkpoint, data as data_mod, distributed, runtime
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import UserError
+from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -59,40 +59,6 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     correct = (predictions == labels_all).sum().item()
     loss_sum, correct, n = distributed.sum_over_ranks([loss_sum, correct, len(labels_all)], split.labels.device)
     return EvalResult(loss_sum / n, correct / n, predictions, labels_all)
-
-
-def fuse_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """Fold each eval-mode batchnorm into the conv or linear right before it.
-
-    At test time batchnorm is the affine map y = gamma (x - mu) / sqrt(var + eps) + beta,
-    so W' = W * s and b' = (b - mu) * s + beta with s = gamma / sqrt(var + eps).
-    """
-    fused = copy.deepcopy(model).eval()
-    _fuse_in(fused)
-    return fused
-
-
-def _fuse_in(seq: nn.Module) -> None:
-    names = list(seq._modules)
-    for prev, name in zip(names, names[1:]):
-        layer, norm = seq._modules[prev], seq._modules[name]
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) \
-                and norm.track_running_stats:
-            _fold(layer, norm)
-            seq._modules[name] = nn.Identity()
-    for child in seq.children():
-        _fuse_in(child)
-
-
-@torch.no_grad()
-def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.affine:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0)
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
-    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
-    layer.bias = nn.Parameter(bias * scale + shift)
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
