@@ -38,7 +38,7 @@ class EvalResult:
 
 def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit: int | None = None,
              amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             channels_last: bool = False) -> EvalResult:
+             memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
     """Mean loss and accuracy over the split (or its first `limit` batches), in eval mode so
     batchnorm uses and keeps its running statistics. Under torchrun each process passes its
     shard; loss and accuracy are then over all shards, the predictions this shard's."""
@@ -47,8 +47,7 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     loss_sum, preds, labels = 0.0, [], []
     with torch.inference_mode():
         for images, targets in data_mod.eval_batches(data, split, batch_size, limit):
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=memory_format)
             with amp():
                 logits = model(images)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
@@ -83,13 +82,15 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model = build_from_config(train_cfg).model
     model.load_state_dict(state["model"])
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
-    channels_last = train_cfg.trainer.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
+    model.to(device, memory_format=memory_format)
     data = data_mod.load(train_cfg.dataset, device)
     split = data.test if cfg.split == "test" else data.val
+    if not len(split):
+        raise UserError("split=val: this run held out no validation split (dataset.val_size=0); use split=test")
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    result = evaluate(model, data, split, batch_size, amp=amp, channels_last=channels_last)
+    result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
     report: dict[str, Any] = {
@@ -102,7 +103,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
-        fused_result = evaluate(fused, data, split, batch_size, amp=amp, channels_last=channels_last)
+        fused_result = evaluate(fused, data, split, batch_size, amp=amp, memory_format=memory_format)
         report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
                              "accuracy": fused_result.accuracy,
                              "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}
