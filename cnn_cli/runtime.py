@@ -55,12 +55,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 # What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
-# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). For 5-D
-# batches (N, C, D, H, W) torch.channels_last_3d (NDHWC) is the analogue; measured with
-# `python benchmarks/memory_format.py` (README, Performance) it is slower on this project's
-# CPU, so they stay contiguous until a device measures otherwise. 3-D batches (N, C, L) have no
-# channels-last format.
-CHANNELS_LAST = {4: torch.channels_last}
+# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). 5-D
+# batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d in 4 of 5 runs on
+# this project's 2-core CPU (README, Performance). Measure a device with
+# `python benchmarks/memory_format.py --device cuda` and drop the 5 here if it loses there.
+# 3-D batches (N, C, L) have no channels-last format and stay contiguous.
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def memory_format(channels_last: bool, sample_rank: int) -> torch.memory_format:
