@@ -69,6 +69,18 @@ def memory_format(channels_last: bool, sample_rank: int) -> torch.memory_format:
     return CHANNELS_LAST.get(sample_rank + 1, torch.contiguous_format) if channels_last else torch.contiguous_format
 
 
+def to_memory_format(model: torch.nn.Module, fmt: torch.memory_format) -> torch.nn.Module:
+    """Put the model's weights of the format's rank (conv kernels) in `fmt`. Not Module.to:
+    it converts every 4-D and 5-D tensor, and a layernorm's 4-D weight in a 3-D network has
+    no channels_last_3d layout."""
+    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == rank:
+                param.data = param.data.contiguous(memory_format=fmt)
+    return model
+
+
 def make_deterministic(on: bool) -> None:
     """Deterministic kernels, so a resumed run repeats an uninterrupted one bit for bit."""
     if on:
