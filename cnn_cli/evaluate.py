@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -98,11 +99,14 @@ def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
-    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")  # the JSON report goes beside it
+    path = checkpoint.resolve(cfg.checkpoint, "checkpoint", prefer=("best.pt", "last.pt"))
+    if path != Path(cfg.checkpoint).expanduser():
+        log.info("evaluating %s", path)
     state = checkpoint.load(path, "checkpoint")
-    train_cfg = OmegaConf.create(state["config"])
-    if cfg.root:
-        train_cfg.dataset.root = cfg.root
+    train_cfg = checkpoint.stored_config(state["config"])
+    # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
+    train_cfg.dataset.root = cfg.root or "data"
+    train_cfg.dataset.download = False
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
@@ -115,7 +119,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
                  device.type)
         precision = "32"
     model = build_from_config(train_cfg).model
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(model, state, f"checkpoint={cfg.checkpoint}")
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     channels_last = train_cfg.trainer.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -143,8 +147,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("batchnorm folded into the preceding layers: accuracy %.4f, largest logit difference %.2e",
                  fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    log.info("written %s", out)
+    try:
+        checkpoint.write_text(out, json.dumps(report, indent=2) + "\n")
+        log.info("written %s", out)
+    except UserError as err:  # a read-only folder: the report above is the result
+        log.warning("note: the report was not saved (%s)", str(err).split(";")[0])
     return report
 
 
