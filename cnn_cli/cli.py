@@ -83,6 +83,8 @@ def main(app: Callable[[], Any]) -> None:
         attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
         if attempt is not None:  # Hydra failed before training began: leave nothing of the attempt
             _discard_attempt(*attempt)
+        if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
+            err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
         if not isinstance(err, REPORTED) or want_traceback():
             raise
         message = describe(err)

@@ -387,6 +387,9 @@ CASES: dict[str, Case] = {
     "eval_never_uses_the_authors_paths": Case(
         "cnn-eval", ("checkpoint=edited.pt",), ("dataset 'mnist'", "data/MNIST/raw", "dataset.download=true"),
         _edited_checkpoint(_author_paths), needs_run=True, reject=("author",)),
+    "bad_job_logging": train(
+        SAMPLE, "hydra.job_logging.root.level=LOUD",
+        expect=("hydra.job_logging: Unable to configure root logger", "Unknown level: 'LOUD'", "leave it out")),
     # ---- where the run would be written
     "run_dir_inside_a_file": train(
         SAMPLE, "hydra.run.dir=somefile/run", setup=_a_file("somefile"),
