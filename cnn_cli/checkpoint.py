@@ -30,8 +30,14 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Temporary file in the same folder, flush, fsync, rename over `path`."""
+def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Write any file atomically; `check(temporary path)` may inspect the complete file first
+    and raise to keep nothing (cnn-export loads what it wrote with its own runtime)."""
+    _atomic_write(path, write, check)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Temporary file in the same folder, flush, fsync, (check,) rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -39,6 +45,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch's zip writer re-raises a failed write as RuntimeError
         tmp.unlink(missing_ok=True)

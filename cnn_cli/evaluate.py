@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -95,12 +96,43 @@ def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
     layer.bias = nn.Parameter(bias * scale + shift)
 
 
+@dataclass
+class Trained:
+    """A checkpoint's model (eval mode, on the CPU) with what it was trained with."""
+
+    model: nn.Sequential
+    config: DictConfig  # the run's whole config: dataset, trainer, ...
+    path: Path  # the checkpoint file
+    mean: Tensor  # (1, C, 1, ...): the dataset's normalisation, shaped for one batch of samples
+    std: Tensor
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Raw uint8 samples -> what the model was trained on."""
+        return data_mod.normalize(images, self.mean.to(images.device), self.std.to(images.device))
+
+
+def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
+    """Rebuild a checkpoint's model from its own stored config and load its weights: what
+    cnn-eval, cnn-predict and cnn-export start from, so preprocessing is never retyped."""
+    file = checkpoint.resolve(path, key)
+    state = checkpoint.load(file, key)
+    train_cfg = OmegaConf.create(state["config"])
+    model = build_from_config(train_cfg).model
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UserError(f"{key}={path}: its weights do not fit the model its own config describes "
+                        f"({str(err).strip().splitlines()[-1].strip()[:160]})") from None
+    shape = (1, -1, *[1] * (len(train_cfg.dataset.input_shape) - 1))
+    mean, std = (torch.tensor(list(train_cfg.dataset[k]), dtype=torch.float32).view(shape) for k in ("mean", "std"))
+    return Trained(model.eval(), train_cfg, file, mean, std)
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
-    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")  # the JSON report goes beside it
-    state = checkpoint.load(path, "checkpoint")
-    train_cfg = OmegaConf.create(state["config"])
+    trained = load_trained(cfg.checkpoint)
+    path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
     if cfg.root:
         train_cfg.dataset.root = cfg.root
     if cfg.split not in ("test", "val"):
@@ -114,8 +146,6 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("the run's precision %s is not available on %s: evaluating in float32", train_cfg.trainer.precision,
                  device.type)
         precision = "32"
-    model = build_from_config(train_cfg).model
-    model.load_state_dict(state["model"])
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     channels_last = train_cfg.trainer.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

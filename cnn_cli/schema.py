@@ -90,6 +90,27 @@ class EvalSchema:
     batch_size: Optional[int] = MISSING
 
 
+
+@dataclass
+class PredictSchema:
+    checkpoint: str = MISSING
+    inputs: Any = MISSING  # one path or a list of them
+    top_k: int = MISSING
+    output: Optional[str] = MISSING
+    device: str = MISSING
+    batch_size: Optional[int] = MISSING
+
+
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    format: str = MISSING
+    output: Optional[str] = MISSING
+    fuse_bn: bool = MISSING
+    preprocess: bool = MISSING
+    opset: Optional[int] = MISSING
+    root: Optional[str] = MISSING
+
 # scheduler lengths the trainer fills in from the run (null in the YAML)
 LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -128,6 +149,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
+    cs.store(name="predict_schema", node=PredictSchema)
+    cs.store(name="export_schema", node=ExportSchema)
     cs.store(group="schema", name="trainer", node=TrainerSchema)
     cs.store(group="schema", name="dataset", node=DatasetSchema)
     for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
