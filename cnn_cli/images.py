@@ -30,9 +30,9 @@ def is_image(path: Path) -> bool:
 
 def image_files(folder: Path) -> list[Path]:
     """Every image file under `folder`, recursively, sorted; symlinked folders are not followed
-    (no loops)."""
+    (no loops), and only regular files are taken (a pipe named x.png would block the read)."""
     found = [Path(top) / name for top, _, names in os.walk(folder) for name in names]
-    return sorted(p for p in found if is_image(p))
+    return sorted(p for p in found if is_image(p) and p.is_file())
 
 
 def decode(path: Path, shape: Sequence[int]) -> Tensor:
