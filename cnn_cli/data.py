@@ -66,6 +66,7 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     if len(cfg.classes) != cfg.num_classes:
         raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
     train_x, train_y, test_x, test_y, name = _read(cfg)
+    _check_contents(name, cfg.num_classes, (train_x, train_y, "training"), (test_x, test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
         raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} images are "
                         f"{list(train_x.shape[1:])}; fix dataset.input_shape")
@@ -83,6 +84,18 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
 
     return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
                 split(test_x, test_y), name, per_channel(cfg.mean), per_channel(cfg.std))
+
+
+def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, Tensor, str]) -> None:
+    """Once, at load: pixels are bytes and labels name a class, so nothing fails mid-epoch."""
+    for images, labels, split in splits:
+        if images.dtype != torch.uint8:
+            raise UserError(f"dataset '{name}': the {split} images are {str(images.dtype).removeprefix('torch.')}, "
+                            "not 8-bit pixels (uint8); convert the files to 0-255 integers")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise UserError(f"dataset '{name}': the {split} labels run from {int(labels.min())} to "
+                            f"{int(labels.max())}, outside 0 to {num_classes - 1} (dataset.num_classes="
+                            f"{num_classes}); fix the labels or dataset.num_classes")
 
 
 def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod, distributed, runtime
@@ -114,15 +114,11 @@ class Trained:
 def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
     """Rebuild a checkpoint's model from its own stored config and load its weights: what
     cnn-eval, cnn-predict and cnn-export start from, so preprocessing is never retyped."""
-    file = checkpoint.resolve(path, key)
+    file = checkpoint.resolve(path, key, prefer=("best.pt", "last.pt"))
     state = checkpoint.load(file, key)
-    train_cfg = OmegaConf.create(state["config"])
+    train_cfg = checkpoint.stored_config(state["config"])
     model = build_from_config(train_cfg).model
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise UserError(f"{key}={path}: its weights do not fit the model its own config describes "
-                        f"({str(err).strip().splitlines()[-1].strip()[:160]})") from None
+    checkpoint.load_weights(model, state, f"{key}={path}")
     shape = (1, -1, *[1] * (len(train_cfg.dataset.input_shape) - 1))
     mean, std = (torch.tensor(list(train_cfg.dataset[k]), dtype=torch.float32).view(shape) for k in ("mean", "std"))
     return Trained(model.eval(), train_cfg, file, mean, std)
@@ -133,8 +129,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
     trained = load_trained(cfg.checkpoint)
     path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
-    if cfg.root:
-        train_cfg.dataset.root = cfg.root
+    if path != Path(cfg.checkpoint).expanduser():
+        log.info("evaluating %s", path)
+    # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
+    train_cfg.dataset.root = cfg.root or "data"
+    train_cfg.dataset.download = False
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
@@ -173,8 +172,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("batchnorm folded into the preceding layers: accuracy %.4f, largest logit difference %.2e",
                  fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    log.info("written %s", out)
+    try:
+        checkpoint.write_text(out, json.dumps(report, indent=2) + "\n")
+        log.info("written %s", out)
+    except UserError as err:  # a read-only folder: the report above is the result
+        log.warning("note: the report was not saved (%s)", str(err).split(";")[0])
     return report
 
 

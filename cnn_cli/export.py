@@ -189,11 +189,10 @@ def _spec(name: str, example: Tensor) -> str:
 
 def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tensor, str]:
     """Raw uint8 test samples to check an export on, without downloading or creating anything:
-    the checkpoint's own dataset if its files are there, else the bundled MNIST sample if the
+    the checkpoint's own dataset if its files are in `root` (default data/), else the bundled MNIST sample if the
     shape fits, else random pixels of the right shape."""
-    dataset = OmegaConf.merge(train_cfg.dataset, {"download": False, "fallback": False})
-    if root:
-        dataset.root = root
+    # looked for here (as cnn-eval does), never where the checkpoint's author kept it
+    dataset = OmegaConf.merge(train_cfg.dataset, {"root": root or "data", "download": False, "fallback": False})
     if dataset.source != data_mod.RANDOM:  # random data is drawn below, without its 60,000 images
         try:
             images = data_mod.load(dataset).test.images[:VERIFY_IMAGES]

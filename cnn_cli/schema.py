@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig
 
 from cnn_cli.data import RANDOM
 from cnn_cli.errors import UserError
@@ -165,6 +166,7 @@ def register() -> None:
 def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
     type cannot rule out (counts below 1, fractions outside [0, 1), ...)."""
+    _finite(cfg, "")
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
         _no_unknown_keys(node, schema, prefix)
@@ -194,6 +196,18 @@ def check(cfg: DictConfig) -> None:
                         "(use trainer.limit_train_batches to train on fewer)")
     if any(s <= 0 for s in dataset.std):
         raise UserError(f"dataset.std={list(dataset.std)}: every value must be > 0 (it divides)")
+
+
+def _finite(node: Any, key: str) -> None:
+    """inf and nan are floats YAML accepts; no setting of ours means them."""
+    if isinstance(node, DictConfig):
+        for name in node:
+            _finite(node[name], f"{key}.{name}" if key else str(name))
+    elif isinstance(node, ListConfig):
+        for i, value in enumerate(node):
+            _finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{key}={node}: must be a finite number")
 
 
 MONITORED = {"val_loss": "min", "val_acc": "max"}  # what ReduceLROnPlateau may watch, and its mode

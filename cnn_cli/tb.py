@@ -7,7 +7,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
@@ -21,12 +20,11 @@ NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "o
                "trainer.log_every_n_steps", "trainer.log_histograms"}
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The chosen hyperparameters as flat key -> scalar, for the HParams tab."""
-    chosen = {"model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed}
+def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The chosen hyperparameters (of a recorded config) as flat key -> scalar, for the HParams tab."""
+    chosen = {"model": config["model"]["name"], "dataset": config["dataset"]["name"], "seed": config["seed"]}
     for group in ("optimizer", "scheduler", "trainer"):
-        container = OmegaConf.to_container(cfg[group], resolve=True)
-        for key, value in container.items():
+        for key, value in config[group].items():
             if f"{group}.{key}" in NOT_HPARAMS:
                 continue
             name = f"{group}.{key}" if key != "_target_" else group

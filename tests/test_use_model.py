@@ -64,7 +64,8 @@ def save_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
-    checkpoint.save({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, path)
+    checkpoint.save({**{key: {} for key in checkpoint.FORMAT}, "finished": True, "model": model.state_dict(),
+                     "config": OmegaConf.to_container(cfg, resolve=True)}, path)
     return path
 
 
