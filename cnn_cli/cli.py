@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli import distributed, rundir, sweep, trust
+from cnn_cli import data, distributed, rundir, sweep, trust
 from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
@@ -102,6 +102,7 @@ def explain(built: BuiltModel) -> None:
 @report_user_errors
 def _summary(cfg: DictConfig) -> None:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    data.check(cfg.dataset)  # the dataset's own checks, as cnn-train runs them before reading any data
     explain(build_from_config(cfg))
 
 

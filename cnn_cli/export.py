@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.errors import UserError
-from cnn_cli.evaluate import Trained, fuse_batchnorm, load_trained
+from cnn_cli.evaluate import Trained, load_trained
+from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ INPUT, OUTPUT = "images", "logits"
 
 class Deployable(nn.Module):
     """The network a runtime receives: takes `images`, returns `logits`. With preprocess, the
-    input is raw uint8 pixels (N, C, H, W), what a camera driver hands over, and the
-    dataset's normalisation runs inside the graph."""
+    input is raw samples as the dataset stores them (uint8 pixels N x C x H x W, what a
+    camera driver hands over; float32 readings for sensor data), and the dataset's
+    normalisation runs inside the graph."""
 
     def __init__(self, model: nn.Module, trained: Trained, preprocess: bool) -> None:
         super().__init__()
@@ -82,6 +84,8 @@ def _asked_for_torchscript() -> Iterator[None]:
     asked for it, and README says so once."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        # the mean and std buffers are constants of the trace, as they should be
+        warnings.filterwarnings("ignore", message="torch.as_tensor results are registered", category=torch.jit.TracerWarning)
         yield
 
 
@@ -127,7 +131,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
     raw, source = verification_samples(trained.config, cfg.root)
     feed = (lambda x: x) if cfg.preprocess else trained.normalize
-    meta = _metadata(trained, cfg.preprocess)
+    meta = _metadata(trained, cfg.preprocess, raw.dtype)
     report: dict[str, Any] = {}
 
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
@@ -148,15 +152,16 @@ def _require_onnx() -> None:
                             "pip install 'cnn-cli[export]'") from None
 
 
-def _metadata(trained: Trained, preprocess: bool) -> dict[str, str]:
+def _metadata(trained: Trained, preprocess: bool, raw: torch.dtype) -> dict[str, str]:
     """Stored in the file, so a runtime knows the class names and what input to give."""
     dataset = trained.config.dataset
     shape = "N x " + " x ".join(str(s) for s in dataset.input_shape)
+    scaled = "pixel / 255" if raw == torch.uint8 else "reading"
     return {"classes": json.dumps(list(dataset.classes)), "dataset": str(dataset.name),
             "model": str(trained.config.model.name),
-            "input": f"{shape} uint8 raw pixels" if preprocess else
-                     f"{shape} float32, normalised: (pixel / 255 - mean) / std",
-            "mean": json.dumps(list(dataset.mean)), "std": json.dumps(list(dataset.std))}
+            "input": f"{shape} {'uint8 raw pixels' if raw == torch.uint8 else 'float32 raw readings'}" if preprocess
+                     else f"{shape} float32, normalised: ({scaled} - mean) / std",
+            "mean": json.dumps(trained.mean.tolist()), "std": json.dumps(trained.std.tolist())}
 
 
 def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trained: Trained, raw: Tensor,
@@ -188,7 +193,7 @@ def _spec(name: str, example: Tensor) -> str:
 
 
 def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tensor, str]:
-    """Raw uint8 test samples to check an export on, without downloading or creating anything:
+    """Raw test samples (as the dataset stores them) to check an export on, without downloading or creating anything:
     the checkpoint's own dataset if its files are in `root` (default data/), else the bundled MNIST sample if the
     shape fits, else random pixels of the right shape."""
     # looked for here (as cnn-eval does), never where the checkpoint's author kept it
@@ -205,7 +210,10 @@ def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tenso
         images = data_mod.load(sample).test.images[:VERIFY_IMAGES]
         return images, f"{len(images)} images of the bundled MNIST sample ({dataset.name} not found)"
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (VERIFY_IMAGES, *shape), dtype=torch.uint8, generator=gen)
+    if dataset.source in data_mod.FLOAT_SOURCES:  # readings: the file must take float32, as the dataset stores them
+        images = torch.randn((VERIFY_IMAGES, *shape), generator=gen)
+    else:
+        images = torch.randint(0, 256, (VERIFY_IMAGES, *shape), dtype=torch.uint8, generator=gen)
     missing = "" if dataset.source == data_mod.RANDOM else f" ({dataset.name} not found)"
     return images, f"{VERIFY_IMAGES} random images{missing}"
 
@@ -214,7 +222,7 @@ def describe(report: dict[str, Any]) -> str:
     """The lines cnn-export prints."""
     return "\n".join([
         f"written {report['output']} ({report['format']}, {report['bytes'] / 1e6:.2f} MB; batchnorm "
-        f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw uint8' if report['preprocess'] else 'normalised'} input)",
+        f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw' if report['preprocess'] else 'normalised'} input)",
         f"input {report['input_spec']} -> output {report['output_spec']}",
         f"verified with its own runtime on {report['verified_on']}: largest logit difference from PyTorch "
         f"{report['max_abs_difference']:.2e}, same predictions {report['same_predictions']}",

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, images, runtime
+from cnn_cli import checkpoint, data as data_mod, images, runtime
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import load_trained
 
@@ -42,7 +42,7 @@ def run_predict(cfg: DictConfig) -> int:
     model = trained.model.to(device)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
-    for names, batch in _batches(_samples(files, tuple(dataset.input_shape), skipped), batch_size):
+    for names, batch in _batches(_samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped), batch_size):
         if dataset.source in LIGHT_ON_DARK:
             inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
         with torch.inference_mode():
@@ -94,32 +94,37 @@ def expand(inputs: Any) -> list[Path]:
     return files
 
 
-def _samples(files: list[Path], shape: tuple[int, ...], skipped: list[tuple[Path, str]]) -> Iterator[tuple[str, Tensor]]:
-    """(name, uint8 sample) for every sample in the files; unreadable files go to `skipped`."""
+def _samples(files: list[Path], shape: tuple[int, ...], floats: bool,
+             skipped: list[tuple[Path, str]]) -> Iterator[tuple[str, Tensor]]:
+    """(name, raw sample) for every sample in the files; unreadable files go to `skipped`."""
     for path in files:
         try:
             if path.suffix.lower() == NPY:
-                array = _read_npy(path, shape)
+                array = _read_npy(path, shape, floats)
                 for i in range(len(array)):
-                    yield f"{path}[{i}]", torch.from_numpy(np.array(array[i]))
+                    sample = torch.from_numpy(np.array(array[i]))
+                    yield f"{path}[{i}]", sample.float() if floats else sample
             else:
                 yield str(path), images.decode(path, shape)
         except images.Unreadable as err:
             skipped.append((path, str(err)))
 
 
-def _read_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """N samples (N, *shape) or one (*shape), uint8 as the datasets store them; memory-mapped,
-    never unpickled."""
+def _read_npy(path: Path, shape: tuple[int, ...], floats: bool) -> np.ndarray:
+    """N samples (N, *shape) or one (*shape), stored as the dataset stores them (uint8 pixels,
+    or float32 readings where `floats`); memory-mapped, never unpickled."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise images.Unreadable(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
     if not isinstance(array, np.ndarray):
         raise images.Unreadable("an .npz archive, not one .npy array")
-    if array.dtype != np.uint8:
-        raise UserError(f"{path} holds {array.dtype} values; give uint8 samples (0-255, as the dataset stores them: "
-                        "the checkpoint's normalisation is applied here)")
+    if floats and array.dtype.kind != "f":
+        raise UserError(f"{path} holds {array.dtype} values; the model was trained on float readings: give float32 "
+                        "samples as the dataset stores them (the checkpoint's normalisation is applied here)")
+    if not floats and array.dtype != np.uint8:
+        raise UserError(f"{path} holds {array.dtype} values; give uint8 samples (0-255 pixels, as the dataset stores "
+                        "them: the checkpoint's normalisation is applied here)")
     if tuple(array.shape) == shape:
         array = array[None]
     if tuple(array.shape[1:]) != shape:
