@@ -71,7 +71,8 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     (none with val_size=0: then the whole training set trains)."""
     check(cfg)
     train_x, train_y, test_x, test_y, name = _read(cfg)
-    _check_contents(name, cfg.num_classes, cfg.source in FLOAT_SOURCES, (train_x, train_y, "training"), (test_x, test_y, "test"))
+    _check_contents(name, cfg.num_classes, cfg.source in FLOAT_SOURCES, (train_x, train_y, "training"),
+                    (test_x, test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
         raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} samples are "
                         f"{list(train_x.shape[1:])}; fix dataset.input_shape")

@@ -85,7 +85,8 @@ def _asked_for_torchscript() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         # the mean and std buffers are constants of the trace, as they should be
-        warnings.filterwarnings("ignore", message="torch.as_tensor results are registered", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="torch.as_tensor results are registered",
+                                category=torch.jit.TracerWarning)
         yield
 
 
@@ -125,7 +126,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     fmt = FORMATS[cfg.format]
     out = Path(cfg.output).expanduser() if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
     if out.is_dir():
-        raise UserError(f"output={cfg.output} is a folder; give a file name, e.g. output={out / ('model' + fmt.suffix)}")
+        raise UserError(f"output={cfg.output} is a folder; give a file name, e.g. output={out / 'model'}{fmt.suffix}")
     if out.resolve() == trained.path.resolve():
         raise UserError(f"output={cfg.output} is the checkpoint itself; give another file name")
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()

@@ -42,7 +42,8 @@ def run_predict(cfg: DictConfig) -> int:
     model = trained.model.to(device)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
-    for names, batch in _batches(_samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped), batch_size):
+    samples = _samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped)
+    for names, batch in _batches(samples, batch_size):
         if dataset.source in LIGHT_ON_DARK:
             inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
         with torch.inference_mode():

@@ -33,7 +33,8 @@ CIFAR = ["dataset=random", "dataset.num_images=[2,64]"]
 DATASETS = {"lenet5": ["dataset=mnist_sample"], "lenet5_bn": ["dataset=mnist_sample"], "mlp": ["dataset=mnist_sample"],
             "imu_cnn1d": ["dataset=basic_motions"],  # 1-D, float readings
             "voxel_cnn3d": ["dataset=random", "dataset.input_shape=[1,8,8,8]", "dataset.num_images=[2,64]"]}
-ARCHITECTURES = {path.stem: DATASETS.get(path.stem, CIFAR) for path in sorted((ROOT / "configs" / "model").glob("*.yaml"))}
+ARCHITECTURES = {path.stem: DATASETS.get(path.stem, CIFAR)
+                 for path in sorted((ROOT / "configs" / "model").glob("*.yaml"))}
 
 
 def cnn(tool: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -82,7 +83,8 @@ def trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def predicted(trained: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, list[str]]:
     """cnn-predict top_k=3 on a folder of PNG digits (one in a subfolder, one inverted, one
-    RGB JPEG), a damaged PNG, a pipe named like an image, and a .npy of the same digits."""
+    RGB JPEG), a damaged PNG, a pipe named like an image, a .npy of the same digits, and a
+    .npy of pickled objects."""
     tmp = tmp_path_factory.mktemp("predict")
     images, _ = sample_test_images()
     digits = tmp / "digits"
@@ -96,8 +98,9 @@ def predicted(trained: Path, tmp_path_factory) -> tuple[subprocess.CompletedProc
     os.mkfifo(digits / "pipe.png")
     (digits / "notes.txt").write_text("not an image, and not named like one: ignored in a folder")
     np.save(tmp / "digits.npy", images[PICKED])
-    proc = cnn("cnn-predict", f"checkpoint={trained}", "inputs=[digits,digits.npy]", "top_k=3", "output=out/preds.csv",
-               cwd=tmp)
+    np.save(tmp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)  # loading it could run code
+    proc = cnn("cnn-predict", f"checkpoint={trained}", "inputs=[digits,digits.npy,pickled.npy]", "top_k=3",
+               "output=out/preds.csv", cwd=tmp)
     return proc, tmp, [str(n.relative_to(tmp)) for n in names]
 
 
@@ -131,7 +134,7 @@ def test_predict_writes_csv_with_top_k_columns_and_lists_skipped_files(predicted
         assert len(set(row[1::2])) == 3
     assert len(rows) == 1 + 12 + len(PICKED)  # the digits, the inverted and the RGB one, the .npy's
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped")]
-    assert len(skipped) == 1 and "digits/damaged.png" in skipped[0]
+    assert len(skipped) == 2 and "digits/damaged.png" in skipped[0] and "pickled.npy" in skipped[1]
 
 
 def test_predict_notes_inputs_that_look_inverted_for_an_mnist_model(predicted) -> None:
@@ -226,17 +229,18 @@ BAD = [  # (what, tool, args, the error must match); "cli" ones run as commands,
     ("missing checkpoint", "export", ["checkpoint=nowhere.pt"], r"checkpoint=nowhere.pt: no checkpoint there"),
     ("unknown format", "cli export", ["checkpoint=ck.pt", "format=tflite"], r"format=tflite: choose one of onnx, "),
     ("opset without onnx", "export", ["checkpoint=ck.pt", "format=exported", "opset=17"], r"opset=17 is for format"),
-    ("missing extra", "cli export", ["checkpoint=ck.pt"], r"format=onnx needs the optional extra 'export' "
-                                                          r"\(onnxruntime is missing\): pip install 'cnn-cli\[export\]'"),
-    ("output is a folder", "export", ["checkpoint=ck.pt", "format=exported", "output=pics"], r"output=pics is a folder"),
+    ("missing extra", "cli export", ["checkpoint=ck.pt"],
+     r"format=onnx needs the optional extra 'export' \(onnxruntime is missing\): pip install 'cnn-cli\[export\]'"),
+    ("output is a folder", "export", ["checkpoint=ck.pt", "format=exported", "output=pics"],
+     r"output=pics is a folder"),
     ("output is the checkpoint", "export", ["checkpoint=ck.pt", "format=exported", "output=./ck.pt"],
      r"output=./ck.pt is the checkpoint itself"),
     ("not an image", "predict", ["checkpoint=ck.pt", "inputs=[notes.txt]"], r"inputs: notes.txt is not an image"),
-    ("wrong size", "cli predict", ["checkpoint=ck.pt", "inputs=pics"], r"pics/big.png is 32x30 \(width x height\) "
-                                                                       r"but the model takes 28x28 images and its dataset"),
+    ("wrong size", "cli predict", ["checkpoint=ck.pt", "inputs=pics"],
+     r"pics/big.png is 32x30 \(width x height\) but the model takes 28x28 images and its dataset"),
     ("missing input", "predict", ["checkpoint=ck.pt", "inputs=[gone.png]"], r"inputs: gone.png does not exist"),
-    ("a device", "predict", ["checkpoint=ck.pt", "inputs=[/dev/zero]"], r"inputs: /dev/zero is not a regular file"),
-    ("no images in folder", "predict", ["checkpoint=ck.pt", "inputs=empty"], r"inputs: the folder empty holds no image"),
+    ("a device", "predict", ["checkpoint=ck.pt", "inputs=[/dev/zero]"], r"inputs: /dev/zero is not a regular"),
+    ("no images in folder", "predict", ["checkpoint=ck.pt", "inputs=empty"], r"inputs: the folder empty holds no"),
     ("float npy", "predict", ["checkpoint=ck.pt", "inputs=x.npy"], r"x.npy holds float32 values; give uint8"),
     ("wrong npy shape", "predict", ["checkpoint=ck.pt", "inputs=flat.npy"], r"flat.npy holds an array of shape 2 x 28 "
                                                                            r"x 28; the model takes N x 1 x 28 x 28"),
@@ -258,7 +262,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
     np.save(tmp_path / "flat.npy", np.zeros((2, 28, 28), np.uint8))
     shim = tmp_path / "shim"  # onnxruntime not installed: its import fails as it does without the extra
     shim.mkdir()
-    (shim / "onnxruntime.py").write_text("raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')")
+    (shim / "onnxruntime.py").write_text("raise ModuleNotFoundError('No module named onnxruntime', name='onnxruntime')")
     procs = [(what, pattern, subprocess.Popen(
         [str(BIN / f"cnn-{tool.split()[1]}"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, "PYTHONPATH": str(shim)} if what == "missing extra" else None))
