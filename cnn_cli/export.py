@@ -124,9 +124,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"opset={cfg.opset} is for format=onnx only; drop it")
     trained = load_trained(cfg.checkpoint)
     fmt = FORMATS[cfg.format]
-    out = Path(cfg.output).expanduser() if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
-    if out.is_dir():
-        raise UserError(f"output={cfg.output} is a folder; give a file name, e.g. output={out / 'model'}{fmt.suffix}")
+    out = checkpoint.output_file(cfg.output or str(trained.path.with_name(trained.path.stem + fmt.suffix)))
     if out.resolve() == trained.path.resolve():
         raise UserError(f"output={cfg.output} is the checkpoint itself; give another file name")
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()

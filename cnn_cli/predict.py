@@ -34,9 +34,7 @@ def run_predict(cfg: DictConfig) -> int:
     batch_size = cfg.batch_size or trained.config.trainer.eval_batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
-    output = Path(cfg.output).expanduser() if cfg.output else None
-    if output is not None and output.is_dir():
-        raise UserError(f"output={cfg.output} is a folder; give a file name, e.g. output={output / 'predictions.csv'}")
+    output = checkpoint.output_file(cfg.output) if cfg.output else None
     files = expand(cfg.inputs)
     device = runtime.resolve_device(cfg.device)
     model = trained.model.to(device)

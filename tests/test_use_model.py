@@ -233,6 +233,8 @@ BAD = [  # (what, tool, args, the error must match); "cli" ones run as commands,
      r"format=onnx needs the optional extra 'export' \(onnxruntime is missing\): pip install 'cnn-cli\[export\]'"),
     ("output is a folder", "export", ["checkpoint=ck.pt", "format=exported", "output=pics"],
      r"output=pics is a folder"),
+    ("output is a pipe", "predict", ["checkpoint=ck.pt", "inputs=pics", "output=pipe.csv"],
+     r"output=pipe.csv is not a regular file"),
     ("output is the checkpoint", "export", ["checkpoint=ck.pt", "format=exported", "output=./ck.pt"],
      r"output=./ck.pt is the checkpoint itself"),
     ("not an image", "predict", ["checkpoint=ck.pt", "inputs=[notes.txt]"], r"inputs: notes.txt is not an image"),
@@ -260,6 +262,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
     (tmp_path / "notes.txt").write_text("hello")
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
     np.save(tmp_path / "flat.npy", np.zeros((2, 28, 28), np.uint8))
+    os.mkfifo(tmp_path / "pipe.csv")
     shim = tmp_path / "shim"  # onnxruntime not installed: its import fails as it does without the extra
     shim.mkdir()
     (shim / "onnxruntime.py").write_text("raise ModuleNotFoundError('No module named onnxruntime', name='onnxruntime')")
@@ -280,5 +283,6 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, (what, err)
         assert len(err.strip().splitlines()) == 1 and re.match(r"error: " + pattern, err), (what, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "empty", "flat.npy", "notes.txt", "pics", "shim",
-                                                          "x.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "empty", "flat.npy", "notes.txt", "pics",
+                                                          "pipe.csv", "shim", "x.npy"]
+    assert (tmp_path / "pipe.csv").is_fifo()
