@@ -58,12 +58,30 @@ def _batch_dim() -> dict[str, dict[int, Any]]:
 
 
 def _write_onnx(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, f: BinaryIO) -> None:
-    program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, input_names=[INPUT],
-                                output_names=[OUTPUT], dynamic_shapes=_batch_dim(), opset_version=cfg.opset)
+    with _quiet("torch.onnx", "onnxscript"):  # their notes on opset conversion: the outcome is checked below
+        program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, input_names=[INPUT],
+                                    output_names=[OUTPUT], dynamic_shapes=_batch_dim(), opset_version=cfg.opset)
     proto = program.model_proto
+    wrote = next(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
+    if cfg.opset is not None and wrote != cfg.opset:  # the exporter falls back to its own opset, silently
+        raise UserError(f"opset={cfg.opset}: torch's ONNX exporter cannot write it for this model (it wrote opset "
+                        f"{wrote}); choose another, or leave opset out")
+    meta = {**meta, "opset": str(wrote)}
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     f.write(proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
 
 
 def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
@@ -136,7 +154,16 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
         report.update(_verify(fmt.load, path, trained, raw, feed, cfg.format))
 
-    checkpoint.write_file(out, lambda f: fmt.write(net, feed(raw[:2]), meta, cfg, f), check=verify)
+    def write(f: BinaryIO) -> None:
+        try:
+            fmt.write(net, feed(raw[:2]), meta, cfg, f)
+        except (UserError, OSError):
+            raise
+        except Exception as err:  # each exporter raises its own kinds; HYDRA_FULL_ERROR=1 shows the traceback
+            raise UserError(f"format={cfg.format}: the exporter failed on model '{trained.config.model.name}' "
+                            f"({str(err).strip().splitlines()[0][:200]}); nothing was written") from err
+
+    checkpoint.write_file(out, write, check=verify)
     report.update({"output": str(out), "format": cfg.format, "bytes": out.stat().st_size, "verified_on": source,
                    "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess})
     return report
