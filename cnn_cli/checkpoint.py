@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
 import tempfile
 import zipfile
 from pathlib import Path
@@ -76,8 +77,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any], check: Callable[
         if not isinstance(cause, OSError):
             raise
         kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        run = path.parent.parent
+        then = (f"continue with cnn-train resume={shlex.quote(str(run))}" if path.parent.name == "checkpoints"
+                and (path.parent / "last.pt").exists() else "try again")
         raise UserError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Free some space (or fix the "
-                        "permissions), then continue with cnn-train resume=<the run folder>") from None
+                        f"permissions), then {then}") from None
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli import data, distributed, rundir, sweep, trust
+from cnn_cli import data, distributed, rundir, streams, sweep, trust
 from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
@@ -69,6 +69,7 @@ def main(app: Callable[[], Any]) -> None:
     raises them: we set that, catch them here and say what to fix."""
     os.environ.setdefault(TRACEBACK_ENV, "1" if want_traceback() else "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    streams.protect()
     try:
         try:
             trust.check_command_line(sys.argv[1:])
@@ -79,12 +80,21 @@ def main(app: Callable[[], Any]) -> None:
         swept = sweep.started()
         if swept is not None and sweep.report(swept):  # the jobs' own errors were printed as they failed
             sys.exit(1)
+        attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
+        if attempt is not None:  # Hydra failed before training began: leave nothing of the attempt
+            _discard_attempt(*attempt)
+        if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
+            err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
         if not isinstance(err, REPORTED) or want_traceback():
             raise
-        # an OSError here is Hydra failing to make the run folder (a missing config is an IOError too)
-        made_folder = isinstance(err, OSError) and not isinstance(err, HydraException)
-        where = "; choose the run folder with hydra.run.dir=PATH" if made_folder else ""
-        print(f"error: {describe(err)}{where}", file=sys.stderr)
+        message = describe(err)
+        if isinstance(err, OSError) and not isinstance(err, HydraException):
+            if attempt is not None and not err.filename:  # a write into the run folder failed (a full disk)
+                message = (f"cannot write the run's record in {attempt[0]}: {err.strerror or err}; nothing of "
+                           "this attempt was kept. Free some space, then run again")
+            else:  # Hydra failing to make the run folder (a missing config is an IOError too)
+                message += "; choose the run folder with hydra.run.dir=PATH"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     swept = sweep.started()
     if swept is not None and sweep.report(swept):
@@ -136,6 +146,7 @@ def _train(cfg: DictConfig) -> float:
 def _discard_attempt(run_dir: Path, record: str | None) -> None:
     """Bad input found before training leaves no trace: remove what Hydra wrote for this
     attempt (its .hydra record and log), and the run folder if nothing else is in it."""
+    run_dir = Path(os.path.abspath(run_dir))
     rundir.release(run_dir)
     if record and record != ".hydra":  # a resume's own record, beside the run's
         shutil.rmtree(run_dir / record, ignore_errors=True)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"  # the owner's PID, for the message; the lock itself is on the folder
 RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb")  # what makes a folder a run's
 _held: dict[Path, int] = {}  # folders this process owns -> the open descriptor holding the lock
+# the single run this process started: its folder and Hydra's record in it, so that an attempt
+# Hydra itself fails (a full disk while it writes the record) is removed like any bad input
+attempt: tuple[Path, str | None] | None = None
 
 
 def resumed_run(resume: str | None) -> Path | None:
@@ -140,10 +143,12 @@ class OwnRunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not distributed.this_process().main:  # the other torchrun processes write nothing
             return
+        global attempt
         try:
             run_dir = _start_run(config)
-        except UserError as err:  # Hydra would only warn, then write its record into the folder
+        except (UserError, OSError) as err:  # Hydra would only warn, then write its record into the folder
             raise Refused(err) from None
+        attempt = (run_dir, config.hydra.output_subdir)
         with read_write(config.hydra.run):  # the folder mkdir made, for Hydra to write in
             config.hydra.run.dir = str(run_dir)
 

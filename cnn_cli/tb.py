@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,6 +26,23 @@ log = logging.getLogger(__name__)
 NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "optimizer.differentiable",
                "optimizer.capturable", "scheduler._partial_", "scheduler.last_epoch", "trainer.progress",
                "trainer.log_every_n_steps", "trainer.log_histograms"}
+
+
+def open_writer(folder: Path, purge_step: int | None) -> SummaryWriter:
+    """TensorBoard's writer. Its events are written by a background thread; when that write
+    fails (a full disk) the thread's traceback is not printed: the writer raises the same
+    error in the training thread at its next call, where the run reports it as one line."""
+    if not getattr(threading.excepthook, "quiet_tensorboard", False):
+        threading.excepthook = _quiet_tensorboard(threading.excepthook)
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def _quiet_tensorboard(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(args: Any) -> None:
+        if not type(args.thread).__module__.startswith("tensorboard."):
+            previous(args)
+    hook.quiet_tensorboard = True
+    return hook
 
 
 def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:

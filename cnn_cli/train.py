@@ -14,6 +14,7 @@ import logging
 import math
 import shlex
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -204,7 +205,7 @@ def train(job: Job) -> float:
     if rank.main:
         checkpoint.remove_leftovers(ckpt_dir)
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None) if rank.main \
+    writer = tb.open_writer(run_dir / "tb", purge_step=progress.step + 1 if resumed else None) if rank.main \
         else _NoWriter()
     try:
         if not resumed:
@@ -282,9 +283,26 @@ def train(job: Job) -> float:
                                     progress.epoch + 1, progress.step, ckpt_dir / "last.pt", shlex.quote(str(run_dir)))
                     raise SystemExit(128 + (stop.signum or signal.SIGTERM))
             return _finish(cfg, model, data, progress, writer, amp, run_dir, save, rank)
+    except OSError as err:
+        raise _events_not_written(err, run_dir) from None
     finally:
-        writer.close()
+        failing = sys.exc_info()[1] is not None
+        try:
+            writer.close()
+        except OSError as err:  # a run already failing reports that first error
+            if not failing:
+                raise _events_not_written(err, run_dir) from None
         distributed.stop()
+
+
+def _events_not_written(err: OSError, run_dir: Path) -> Exception:
+    """TensorBoard's writer raises its thread's failed write (a full disk) with no path: name it."""
+    if err.filename is not None:
+        return err
+    last = run_dir / "checkpoints" / "last.pt"
+    kept = f"{last} is kept" if last.exists() else "no checkpoint was written yet"
+    return UserError(f"cannot write TensorBoard events in {run_dir / 'tb'}: {err.strerror or err}; {kept}. Free "
+                     f"some space, then continue with cnn-train resume={shlex.quote(str(run_dir))}")
 
 
 class _NoWriter:
@@ -359,10 +377,11 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
     if rank.main:
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
-        tb.write_hparams(writer, {**tb.flat_hparams(checkpoint.recorded_config(cfg)), "data": data.name},
+        recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
+        tb.write_hparams(writer, {**tb.flat_hparams(recorded), "data": data.name},
                          {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
-                  "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
+                  "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")

@@ -2,11 +2,12 @@
 
 Hydra runs code named in its own settings (`hydra.callbacks`, logging handlers, launchers)
 and `hydra.utils.instantiate` runs any `_target_`. A folder of configs shared by a colleague
-or downloaded with a paper must not be able to reach either, so every YAML file in it is
-read (as plain YAML, nothing resolved) and checked before Hydra composes anything:
+or downloaded with a paper must not be able to reach either, so every YAML file in its
+group folders is read (as plain YAML, nothing resolved) and checked before Hydra composes anything:
 
-- `model/`, `dataset/`, `trainer/`, `optimizer/`, `scheduler/` files set only their own group's
-  keys; `experiment/` files only the training keys (model, dataset, ..., seed);
+- `model/`, `dataset/`, `trainer/`, `optimizer/`, `scheduler/` files (and those of any other group
+  the command line names, `+foo=bar`) set only their own group's keys; `experiment/` files only
+  the training keys (model, dataset, ..., seed);
   `hparams_search/` files those and `hydra.sweeper` / `hydra.launcher` settings;
 - no `_target_`-style key, except an optimizer's or scheduler's torch.optim class;
 - a defaults list names configs of these groups (and the sweeper/launcher plugins), no
@@ -40,11 +41,18 @@ def check_command_line(argv: list[str]) -> None:
         if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
             raise UserError(f"{flag}: the tools' own config is fixed; put your configs in DIR/model/NAME.yaml, "
                             "DIR/experiment/NAME.yaml, ... and add them with --config-dir DIR")
-    for folder in _config_dirs(argv):
-        if folder.is_dir():  # a missing folder is Hydra's to report
-            for path in sorted(folder.rglob("*")):
+    groups = {*OWN_PACKAGE_GROUPS, *GLOBAL_GROUPS, *SHADOWING, *_named_groups(argv)}
+    for folder in _config_dirs(argv):  # a missing folder is Hydra's to report
+        for group in sorted(groups):  # the folders Hydra can read configs from (not e.g. a .venv beside them)
+            for path in sorted((folder / group).rglob("*")) if (folder / group).is_dir() else []:
                 if path.suffix in (".yaml", ".yml") and path.is_file():
                     check_file(path, path.relative_to(folder))
+
+
+def _named_groups(argv: list[str]) -> set[str]:
+    """The config groups a command line chooses from (`+foo=bar` reads DIR/foo/bar.yaml)."""
+    chosen = (arg.lstrip("+~").split("=", 1)[0] for arg in argv if "=" in arg and not arg.startswith("-"))
+    return {key.split("/", 1)[0].split("@", 1)[0] for key in chosen if "." not in key.split("/", 1)[0]}
 
 
 def _config_dirs(argv: list[str]) -> list[Path]:
@@ -71,12 +79,10 @@ def check_file(path: Path, rel: Path) -> None:
                         f"(limit {MAX_FILE_BYTES:,}); is it the right file?")
     text = _read(path)
     content = _parse(path, text) or {}
-    if group not in OWN_PACKAGE_GROUPS + GLOBAL_GROUPS:
-        return  # not a config group of ours: Hydra reads it only if a command line names its group
     if not isinstance(content, dict):
         raise UserError(f"{path}: a {group} config is a mapping of keys to values, not a {type(content).__name__}")
     package = _package(text)
-    if group in OWN_PACKAGE_GROUPS:
+    if group not in GLOBAL_GROUPS:  # ours, or another group the command line names
         if package not in (None, "_group_", group):
             raise UserError(f"{path}: '# @package {package}': a {group} config may set only {group}.*; "
                             "remove that line")
