@@ -388,7 +388,7 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
     save("last.pt", finished=True)
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
-        f"none: {NO_VALIDATION} (epoch {progress.best_epoch})"
+        f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"
     log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (best.pt, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
              rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
