@@ -34,8 +34,25 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Temporary file in the same folder, flush, fsync, rename over `path`.
+def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Write any file atomically; `check(temporary path)` may inspect the complete file first
+    and raise to keep nothing (cnn-export loads what it wrote with its own runtime)."""
+    _atomic_write(path, write, check)
+
+
+def output_file(value: str, key: str = "output") -> Path:
+    """A file a command was asked to write: not a folder, and not a device, pipe or socket,
+    which the atomic rename would replace (output=/dev/null run as root would remove it)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UserError(f"{key}={value} is a folder; give a file name in it, e.g. {key}={path / 'NAME'}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{key}={value} is not a regular file (a device, pipe or socket); give a file name")
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Temporary file in the same folder, flush, fsync, (check,) rename over `path`.
 
     The temporary file is created exclusively (O_EXCL, no symlink followed: mkstemp) and the
     rename replaces whatever is at `path`, a planted symlink included, instead of writing
@@ -50,6 +67,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch's zip writer re-raises a failed write as RuntimeError
         if tmp is not None:

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli import distributed, rundir, streams, sweep, trust
+from cnn_cli import data, distributed, rundir, streams, sweep, trust
 from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
@@ -112,6 +112,7 @@ def explain(built: BuiltModel) -> None:
 @report_user_errors
 def _summary(cfg: DictConfig) -> None:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    data.check(cfg.dataset)  # the dataset's own checks, as cnn-train runs them before reading any data
     explain(build_from_config(cfg))
 
 
@@ -177,3 +178,35 @@ def _eval(cfg: DictConfig) -> None:
 def evaluate() -> None:
     """cnn-eval checkpoint=PATH [split=test|val] [fuse_bn=true]."""
     main(_eval)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@report_user_errors
+def _predict(cfg: DictConfig) -> None:
+    from cnn_cli.predict import run_predict
+
+    if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
+        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/DATE/TIME/checkpoints/best.pt "
+                        "inputs=[photo.png,pictures/]")
+    if run_predict(cfg):  # some files were unreadable: listed, skipped
+        sys.exit(1)
+
+
+def predict() -> None:
+    """cnn-predict checkpoint=PATH inputs=[a.png,dir/] [top_k=3] [output=preds.csv]."""
+    main(_predict)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+@report_user_errors
+def _export(cfg: DictConfig) -> None:
+    from cnn_cli.export import describe, run_export
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/DATE/TIME/checkpoints/best.pt format=onnx")
+    print(describe(run_export(cfg)))
+
+
+def export() -> None:
+    """cnn-export checkpoint=PATH format=onnx|torchscript|exported [fuse_bn=true] [preprocess=true]."""
+    main(_export)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 # 2.8 s, which a run on the bundled sample or a config error need not pay.
 SOURCES = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
+BASIC_MOTIONS = "basic_motions"  # 80 smartwatch IMU recordings (6 x 100), shipped in cnn_cli/assets
+BUNDLED = {SAMPLE: "mnist_sample.npz", BASIC_MOTIONS: "basic_motions.npz"}
 RANDOM = "random"  # random pixels and labels: times an architecture with no files at all
+FLOAT_SOURCES = (BASIC_MOTIONS,)  # samples are float32 readings; every other source's are uint8 pixels
 FALLBACK_NAME = "mnist_sample (fallback)"
 
 
 @dataclass
 class Split:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,), on the training device."""
+    """One split: samples (N, C, L), (N, C, H, W) or (N, C, D, H, W), uint8 pixels or float32
+    readings, and int64 labels (N,), on the training device."""
 
     images: Tensor
     labels: Tensor
@@ -53,37 +57,87 @@ class Data:
     val: Split
     test: Split
     name: str  # the dataset actually used: "mnist", or "mnist_sample (fallback)"
-    mean: Tensor  # (1, C, 1, 1), on the device
+    mean: Tensor  # (C,), on the device
     std: Tensor
+
+    @property
+    def sample_rank(self) -> int:
+        """Axes of one sample: 2 for (C, L), 3 for (C, H, W), 4 for (C, D, H, W)."""
+        return self.test.images.dim() - 1
 
 
 def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
-    """Load cfg (a dataset config) into tensors on `device`, holding out the validation split."""
-    channels = cfg.input_shape[0]
-    if not len(cfg.mean) == len(cfg.std) == channels:
-        raise UserError(f"dataset.mean and dataset.std need one value per channel ({channels}); "
-                        f"got {len(cfg.mean)} and {len(cfg.std)}")
-    if len(cfg.classes) != cfg.num_classes:
-        raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
+    """Load cfg (a dataset config) into tensors on `device`, holding out the validation split
+    (none with val_size=0: then the whole training set trains)."""
+    check(cfg)
     train_x, train_y, test_x, test_y, name = _read(cfg)
     _check_contents(name, cfg.num_classes, (train_y, "training"), (test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
-        raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} images are "
+        raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} samples are "
                         f"{list(train_x.shape[1:])}; fix dataset.input_shape")
     val_size = cfg.val_size if name != FALLBACK_NAME else min(cfg.val_size, len(train_y) // 8)
-    if not 0 < val_size < len(train_y):
-        raise UserError(f"dataset.val_size={cfg.val_size} must be between 1 and {len(train_y) - 1} "
-                        f"(the {name} training set has {len(train_y)} images)")
+    if not 0 <= val_size < len(train_y):
+        raise UserError(f"dataset.val_size={cfg.val_size} must be between 0 and {len(train_y) - 1} "
+                        f"(the {name} training set has {len(train_y)} samples)")
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
     def split(images: Tensor, labels: Tensor) -> Split:
         return Split(images.to(device), labels.to(device))
 
-    def per_channel(values) -> Tensor:
-        return torch.tensor(list(values), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
+    mean, std = channel_stats(cfg)
     return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
-                split(test_x, test_y), name, per_channel(cfg.mean), per_channel(cfg.std))
+                split(test_x, test_y), name, torch.tensor(mean, device=device), torch.tensor(std, device=device))
+
+
+# Pixels drawn uniformly from 0..255 scale to [0, 1], whose mean is 1/2 and std 1/sqrt(12).
+UNIFORM_MEAN, UNIFORM_STD = 0.5, 0.289
+
+
+def channel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std a dataset config normalises with. dataset=random may
+    leave them null: its uniform pixels then get 0.5 and 0.289 for each channel."""
+    channels = cfg.input_shape[0]
+    if cfg.source == RANDOM:
+        return ([UNIFORM_MEAN] * channels if cfg.mean is None else list(cfg.mean),
+                [UNIFORM_STD] * channels if cfg.std is None else list(cfg.std))
+    return list(cfg.mean), list(cfg.std)
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything about a dataset config that can be checked without its files, so that
+    cnn-summary refuses what cnn-train would: counts, mean/std per channel, augmentation
+    that fits the samples' rank."""
+    shape = list(cfg.input_shape)
+    if not 2 <= len(shape) <= 4 or min(shape) < 1:
+        raise UserError(f"dataset.input_shape={shape}: give one sample's shape with the channels first: [C, L] "
+                        "(1-D), [C, H, W] (2-D) or [C, D, H, W] (3-D), every size >= 1")
+    if cfg.num_classes < 2:
+        raise UserError(f"dataset.num_classes={cfg.num_classes} must be >= 2")
+    if len(cfg.classes) != cfg.num_classes:
+        raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
+    if cfg.val_size < 0:
+        raise UserError(f"dataset.val_size={cfg.val_size} must be >= 0 (0: train on the whole training set, "
+                        "no validation)")
+    if cfg.num_images is not None and cfg.source != RANDOM:
+        raise UserError(f"dataset.num_images is only for dataset=random; {cfg.name} has its own images "
+                        "(use trainer.limit_train_batches to train on fewer)")
+    for key in ("mean", "std"):
+        if cfg[key] is None and cfg.source != RANDOM:
+            raise UserError(f"dataset.{key}=null is only for dataset=random (uniform pixels); give one value per "
+                            f"channel of the training set, e.g. dataset.{key}=[{', '.join(['0.5'] * shape[0])}]")
+    mean, std = channel_stats(cfg)
+    if not len(mean) == len(std) == shape[0]:
+        raise UserError(f"dataset.mean and dataset.std need one value per channel ({shape[0]}); got {len(mean)} and "
+                        f"{len(std)}" + "; for dataset=random leave them out (null)" * (cfg.source == RANDOM))
+    if any(s <= 0 for s in std):
+        raise UserError(f"dataset.std={std}: every value must be > 0 (it divides)")
+    augment = cfg.augment
+    if augment.crop_padding < 0:
+        raise UserError(f"dataset.augment.crop_padding={augment.crop_padding} must be >= 0")
+    if augment.flip and len(shape) == 2:
+        raise UserError("dataset.augment.flip=true mirrors images left to right, but the samples are 1-D signals "
+                        f"({' x '.join(map(str, shape))}: channels x steps), where that would reverse time; "
+                        "set dataset.augment.flip=false")
 
 
 def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, str]) -> None:
@@ -96,13 +150,13 @@ def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, str]) ->
 
 
 def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """Train and test images (uint8, N x C x H x W) and labels, from torchvision or the sample."""
-    if cfg.source == SAMPLE:
-        return (*_read_sample(), cfg.name)
+    """Train and test samples (N x C x ...) and labels, from torchvision or the package's assets."""
+    if cfg.source in BUNDLED:
+        return (*_read_bundled(cfg.source), cfg.name)
     if cfg.source == RANDOM:
         return (*_read_random(cfg), cfg.name)
     if cfg.source not in SOURCES:
-        raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, SAMPLE, RANDOM])}")
+        raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, *BUNDLED, RANDOM])}")
     cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
@@ -114,7 +168,7 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     except _Missing as missing:
         if cfg.get("fallback", False) and cfg.source == "MNIST":  # the bundled sample is MNIST
             _warn_fallback(cfg, root, missing)
-            return (*_read_sample(), FALLBACK_NAME)
+            return (*_read_bundled(SAMPLE), FALLBACK_NAME)
         raise UserError(f"dataset '{cfg.name}': {missing} in {_folder(cls, root)}; expected "
                         f"{', '.join(_expected_files(cls))} (torchvision's layout). Run once with network "
                         "(dataset.download=true) or copy them there, or set dataset.root") from None
@@ -234,11 +288,14 @@ def _tensors(dataset: VisionDataset) -> tuple[Tensor, Tensor]:
     return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
-def _read_sample() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    path = resources.files("cnn_cli") / "assets" / "mnist_sample.npz"
+def _read_bundled(source: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    path = resources.files("cnn_cli") / "assets" / BUNDLED[source]
     with resources.as_file(path) as file, np.load(file) as npz:
-        return (torch.from_numpy(npz["train_images"]).unsqueeze(1), torch.from_numpy(npz["train_labels"]).long(),
-                torch.from_numpy(npz["test_images"]).unsqueeze(1), torch.from_numpy(npz["test_labels"]).long())
+        train_x, train_y, test_x, test_y = (torch.from_numpy(npz[key]) for key in
+                                            ("train_images", "train_labels", "test_images", "test_labels"))
+    if source == SAMPLE:  # grey digits, stored without their channel axis
+        train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
+    return train_x, train_y.long(), test_x, test_y.long()
 
 
 def _read_random(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -266,9 +323,18 @@ def _warn_fallback(cfg: DictConfig, root: Path, missing: _Missing) -> None:
 # ---------------------------------------------------------------------------- batches
 
 
-def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 batch -> float batch with the dataset's mean and std: (x / 255 - mean) / std."""
-    return (images.float().div_(255) - mean).div_(std)
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """A batch (N, C, ...) of any rank -> float32 with the dataset's per-channel mean and std.
+
+    uint8 samples are pixels and scaled to [0, 1] first: (x / 255 - mean) / std. Float
+    samples (sensor readings such as basic_motions) are taken as they are: (x - mean) / std.
+    `mean` and `std` hold one value per channel (C,), as a tensor or a list.
+    """
+    shape = (1, -1) + (1,) * (images.dim() - 2)  # broadcast over the batch and every spatial axis
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return (x - mean).div_(std)
 
 
 @dataclass
@@ -277,32 +343,43 @@ class EpochPlan:
     order and each position's crop offset and flip. A run resumed mid-epoch replays it."""
 
     order: Tensor
-    offsets: Tensor | None  # (N, 2) crop offsets into the padded image
+    offsets: Tensor | None  # (N, spatial axes) crop offsets into the padded sample
     flips: Tensor | None  # (N,) bool
 
 
-def epoch_plan(n: int, seed: int, epoch: int, crop_padding: int = 0, flip: bool = False) -> EpochPlan:
+def epoch_plan(n: int, seed: int, epoch: int, crop_padding: int = 0, flip: bool = False,
+               spatial_axes: int = 2) -> EpochPlan:
+    """The plan for n samples with `spatial_axes` axes each (1: C x L, 2: C x H x W, 3: C x D x H x W)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=gen)
-    offsets = torch.randint(0, 2 * crop_padding + 1, (n, 2), generator=gen) if crop_padding else None
+    offsets = torch.randint(0, 2 * crop_padding + 1, (n, spatial_axes), generator=gen) if crop_padding else None
     flips = torch.rand(n, generator=gen) < 0.5 if flip else None
     return EpochPlan(order, offsets, flips)
 
 
 def random_crop(images: Tensor, offsets: Tensor, padding: int) -> Tensor:
-    """Zero-pad by `padding`, then cut each image back to size at its own (row, column) offset."""
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # (n, h)
-    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # (n, w)
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    chans = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+    """Zero-pad every spatial axis by `padding`, then cut each sample back to size at its own
+    offset (one per axis): a random shift for signals, images and volumes alike."""
+    n, c, *sizes = images.shape
+    rank = images.dim()
+    padded = F.pad(images, (padding,) * (2 * len(sizes)))
+    device = images.device
+
+    def at(values: Tensor, *axes: int) -> Tensor:  # values viewed along `axes` of the batch, broadcastable
+        shape = [1] * rank
+        for axis, size in zip(axes, values.shape):
+            shape[axis] = size
+        return values.reshape(shape)
+
+    index = [at(torch.arange(n, device=device), 0), at(torch.arange(c, device=device), 1)]
+    for axis, size in enumerate(sizes):  # each sample's window along this axis: (n, size)
+        index.append(at(offsets[:, axis, None] + torch.arange(size, device=device), 0, axis + 2))
+    return padded[tuple(index)]
 
 
 def flip_where(images: Tensor, mask: Tensor) -> Tensor:
-    """Mirror left-right exactly the images whose mask is true."""
-    return torch.where(mask[:, None, None, None], images.flip(-1), images)
+    """Mirror left-right (the last axis) exactly the samples whose mask is true."""
+    return torch.where(mask.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
 
 
 def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: int = 0, start: int = 0,

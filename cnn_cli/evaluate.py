@@ -1,9 +1,8 @@
-"""Evaluation: one pass over a split in eval mode, and batchnorm folding for inference."""
+"""Evaluation: one pass over a split in eval mode; cnn-eval."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -13,13 +12,14 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod, distributed, runtime
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import UserError
+from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EvalResult:
 
 def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit: int | None = None,
              amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             channels_last: bool = False) -> EvalResult:
+             memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
     """Mean loss and accuracy over the split (or its first `limit` batches), in eval mode so
     batchnorm uses and keeps its running statistics. Under torchrun each process passes its
     shard; loss and accuracy are then over all shards, the predictions this shard's."""
@@ -48,8 +48,7 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     loss_sum, preds, labels = 0.0, [], []
     with torch.inference_mode():
         for images, targets in data_mod.eval_batches(data, split, batch_size, limit):
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=memory_format)
             with amp():
                 logits = model(images)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
@@ -62,48 +61,41 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     return EvalResult(loss_sum / n, correct / n, predictions, labels_all)
 
 
-def fuse_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """Fold each eval-mode batchnorm into the conv or linear right before it.
+@dataclass
+class Trained:
+    """A checkpoint's model (eval mode, on the CPU) with what it was trained with."""
 
-    At test time batchnorm is the affine map y = gamma (x - mu) / sqrt(var + eps) + beta,
-    so W' = W * s and b' = (b - mu) * s + beta with s = gamma / sqrt(var + eps).
-    """
-    fused = copy.deepcopy(model).eval()
-    _fuse_in(fused)
-    return fused
+    model: nn.Sequential
+    config: DictConfig  # the run's whole config: dataset, trainer, ...
+    path: Path  # the checkpoint file
+    mean: Tensor  # (C,): the dataset's per-channel normalisation
+    std: Tensor
 
-
-def _fuse_in(seq: nn.Module) -> None:
-    names = list(seq._modules)
-    for prev, name in zip(names, names[1:]):
-        layer, norm = seq._modules[prev], seq._modules[name]
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) \
-                and norm.track_running_stats:
-            _fold(layer, norm)
-            seq._modules[name] = nn.Identity()
-    for child in seq.children():
-        _fuse_in(child)
+    def normalize(self, samples: Tensor) -> Tensor:
+        """Raw samples (uint8 pixels or float readings, as the dataset stores them) -> what the
+        model was trained on."""
+        return data_mod.normalize(samples, self.mean, self.std)
 
 
-@torch.no_grad()
-def _fold(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.affine:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0)
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
-    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
-    layer.bias = nn.Parameter(bias * scale + shift)
+def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
+    """Rebuild a checkpoint's model from its own stored config and load its weights: what
+    cnn-eval, cnn-predict and cnn-export start from, so preprocessing is never retyped."""
+    file = checkpoint.resolve(path, key, prefer=("best.pt", "last.pt"))
+    state = checkpoint.load(file, key)
+    train_cfg = checkpoint.stored_config(state["config"])
+    model = build_from_config(train_cfg).model
+    checkpoint.load_weights(model, state, f"{key}={path}")
+    mean, std = (torch.tensor(values, dtype=torch.float32) for values in data_mod.channel_stats(train_cfg.dataset))
+    return Trained(model.eval(), train_cfg, file, mean, std)
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
-    path = checkpoint.resolve(cfg.checkpoint, "checkpoint", prefer=("best.pt", "last.pt"))
+    trained = load_trained(cfg.checkpoint)
+    path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
     if path != Path(cfg.checkpoint).expanduser():
         log.info("evaluating %s", path)
-    state = checkpoint.load(path, "checkpoint")
-    train_cfg = checkpoint.stored_config(state["config"])
     # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
     train_cfg.dataset.root = cfg.root or "data"
     train_cfg.dataset.download = False
@@ -118,16 +110,16 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("the run's precision %s is not available on %s: evaluating in float32", train_cfg.trainer.precision,
                  device.type)
         precision = "32"
-    model = build_from_config(train_cfg).model
-    checkpoint.load_weights(model, state, f"checkpoint={cfg.checkpoint}")
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
-    channels_last = train_cfg.trainer.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
+    model.to(device, memory_format=memory_format)
     data = data_mod.load(train_cfg.dataset, device)
     split = data.test if cfg.split == "test" else data.val
+    if not len(split):
+        raise UserError("split=val: this run held out no validation split (dataset.val_size=0); use split=test")
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    result = evaluate(model, data, split, batch_size, amp=amp, channels_last=channels_last)
+    result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
     report: dict[str, Any] = {
@@ -140,7 +132,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
-        fused_result = evaluate(fused, data, split, batch_size, amp=amp, channels_last=channels_last)
+        fused_result = evaluate(fused, data, split, batch_size, amp=amp, memory_format=memory_format)
         report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
                              "accuracy": fused_result.accuracy,
                              "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}

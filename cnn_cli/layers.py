@@ -61,11 +61,10 @@ def _catalogue() -> dict[str, LayerKind]:
         ]
         if n > 1:
             kinds.append(LayerKind(getattr(nn, f"BatchNorm{n}d"), "bn", spatial, _channels("num_features")))
-        if n < 3:
-            kinds += [
-                LayerKind(getattr(nn, f"AdaptiveAvgPool{n}d"), "pool", spatial),
-                LayerKind(getattr(nn, f"AdaptiveMaxPool{n}d"), "pool", spatial),
-            ]
+        kinds += [
+            LayerKind(getattr(nn, f"AdaptiveAvgPool{n}d"), "pool", spatial),
+            LayerKind(getattr(nn, f"AdaptiveMaxPool{n}d"), "pool", spatial),
+        ]
     for act in (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity):
         kinds.append(LayerKind(act, act.__name__.lower()))
     return {kind.name: kind for kind in kinds}

@@ -54,6 +54,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+# What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
+# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). For 5-D
+# batches (N, C, D, H, W) torch.channels_last_3d (NDHWC) is the analogue; measured with
+# `python benchmarks/memory_format.py` (README, Performance) it is slower on this project's
+# CPU, so they stay contiguous until a device measures otherwise. 3-D batches (N, C, L) have no
+# channels-last format.
+CHANNELS_LAST = {4: torch.channels_last}
+
+
+def memory_format(channels_last: bool, sample_rank: int) -> torch.memory_format:
+    """The memory format for batches of samples with `sample_rank` axes (C, ... ) and for the
+    model's weights: channels-last where trainer.channels_last asks and it applies."""
+    return CHANNELS_LAST.get(sample_rank + 1, torch.contiguous_format) if channels_last else torch.contiguous_format
+
+
 def make_deterministic(on: bool) -> None:
     """Deterministic kernels, so a resumed run repeats an uninterrupted one bit for bit."""
     if on:

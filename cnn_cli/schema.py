@@ -19,7 +19,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
-from cnn_cli.data import RANDOM
+from cnn_cli import data
 from cnn_cli.errors import UserError
 
 
@@ -60,8 +60,8 @@ class DatasetSchema:
     input_shape: List[int] = MISSING
     num_classes: int = MISSING
     classes: List[str] = MISSING
-    mean: List[float] = MISSING
-    std: List[float] = MISSING
+    mean: Optional[List[float]] = MISSING  # null: only for dataset=random (data.channel_stats)
+    std: Optional[List[float]] = MISSING
     val_size: int = MISSING
     split_seed: int = MISSING
     augment: AugmentSchema = field(default_factory=AugmentSchema)
@@ -90,6 +90,27 @@ class EvalSchema:
     precision: Optional[str] = MISSING
     batch_size: Optional[int] = MISSING
 
+
+
+@dataclass
+class PredictSchema:
+    checkpoint: str = MISSING
+    inputs: Any = MISSING  # one path or a list of them
+    top_k: int = MISSING
+    output: Optional[str] = MISSING
+    device: str = MISSING
+    batch_size: Optional[int] = MISSING
+
+
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    format: str = MISSING
+    output: Optional[str] = MISSING
+    fuse_bn: bool = MISSING
+    preprocess: bool = MISSING
+    opset: Optional[int] = MISSING
+    root: Optional[str] = MISSING
 
 # scheduler lengths the trainer fills in from the run (null in the YAML)
 LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
@@ -129,6 +150,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
+    cs.store(name="predict_schema", node=PredictSchema)
+    cs.store(name="export_schema", node=ExportSchema)
     cs.store(group="schema", name="trainer", node=TrainerSchema)
     cs.store(group="schema", name="dataset", node=DatasetSchema)
     for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
@@ -142,7 +165,8 @@ def register() -> None:
 
 def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
-    type cannot rule out (counts below 1, fractions outside [0, 1), ...)."""
+    type cannot rule out (counts below 1, fractions outside [0, 1), ...); the dataset's
+    own checks are data.check's, which cnn-summary runs too."""
     _finite(cfg, "")
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
@@ -164,15 +188,10 @@ def check(cfg: DictConfig) -> None:
     if not 0 <= warmup < trainer.epochs:
         raise UserError(f"scheduler.warmup_epochs={warmup} must be >= 0 and less than trainer.epochs={trainer.epochs}")
     _check_monitor(cfg.scheduler)
-    dataset = cfg.dataset
-    _at_least("dataset.num_classes", dataset.num_classes, 2)
-    _at_least("dataset.val_size", dataset.val_size, 1)
-    _at_least("dataset.augment.crop_padding", dataset.augment.crop_padding, 0)
-    if dataset.num_images is not None and dataset.source != RANDOM:
-        raise UserError(f"dataset.num_images is only for dataset=random; {dataset.name} has its own images "
-                        "(use trainer.limit_train_batches to train on fewer)")
-    if any(s <= 0 for s in dataset.std):
-        raise UserError(f"dataset.std={list(dataset.std)}: every value must be > 0 (it divides)")
+    data.check(cfg.dataset)
+    if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
+        raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
+                        "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")
 
 
 def _finite(node: Any, key: str) -> None:

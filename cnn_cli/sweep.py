@@ -40,9 +40,10 @@ def report(sweep_dir: Path) -> int:
     for job in jobs:
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
-            result = f"val {metrics['best_val_acc']:.4f}  test {metrics['test_acc']:.4f}"
-            if best is None or metrics["best_val_acc"] > best[1]:
-                best = (job.name, metrics["best_val_acc"])
+            val = metrics["best_val_acc"]  # null with dataset.val_size=0: nothing to choose by
+            result = f"val {'none' if val is None else f'{val:.4f}'}  test {metrics['test_acc']:.4f}"
+            if val is not None and (best is None or val > best[1]):
+                best = (job.name, val)
         else:
             failed += 1
             error = job / ERROR_FILE

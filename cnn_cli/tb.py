@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,8 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from cnn_cli.data import normalize
+
+log = logging.getLogger(__name__)
 
 
 # Keys that change only how a run is computed or logged, not what it learns: in the HParams
@@ -62,39 +68,99 @@ def write_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: dict[
         writer.add_scalar(key, value, step)
 
 
-def first_conv_filters(model: nn.Module) -> Tensor | None:
-    """The first 2-d conv layer's filters as one normalised image grid (C x H x W)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+def add_picture(writer: SummaryWriter, draw: Callable[[], tuple[str, Tensor] | None], step: int) -> None:
+    """Log the picture `draw` makes (a tag and a C x H x W image, or None for nothing to show).
+    A picture is never worth a failed run: one that cannot be drawn is one warning."""
+    try:
+        picture = draw()
+        if picture is not None:
+            writer.add_image(*picture, step)
+    except Exception as err:  # noqa: BLE001  whatever drawing trips on
+        name = getattr(draw, "func", draw).__name__
+        if name not in _warned:
+            _warned.add(name)
+            log.warning("TensorBoard: could not draw %s (%s: %s); the run goes on without it", name,
+                        type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")
+
+
+_warned: set[str] = set()  # pictures already warned about: one warning each, not one per epoch
+
+
+def first_conv_filters(model: nn.Module) -> tuple[str, Tensor] | None:
+    """The first conv layer's filters as one grid image, each filter on its own 0..1 scale.
+    conv2d: each filter's first input channel (RGB for 3 channels); conv1d: each filter as
+    a strip, input channels down, taps across; conv3d: the middle depth slice of each filter."""
+    conv = next((m for m in model.modules() if isinstance(m, _ConvNd)), None)
     if conv is None:
         return None
     weight = conv.weight.detach().float().cpu()
+    tag = "filters/first_conv"
+    if weight.dim() == 3:  # (out, in, taps) -> one grey in x taps image per filter
+        weight, tag = weight[:, None], "filters/first_conv1d_in_channels_x_taps"
+    elif weight.dim() == 5:  # (out, in, depth, h, w) -> its middle depth slice
+        weight, tag = weight[:, :, weight.shape[2] // 2], "filters/first_conv3d_middle_depth_slice"
     if weight.shape[1] != 3:  # grey (or many-channel) input: show the first input channel
         weight = weight[:, :1]
     weight = F.interpolate(weight, scale_factor=max(1, 48 // weight.shape[-1]), mode="nearest")
     low = weight.amin(dim=(1, 2, 3), keepdim=True)
     high = weight.amax(dim=(1, 2, 3), keepdim=True)
     weight = (weight - low) / (high - low).clamp_min(1e-8)  # each filter on its own 0..1 scale
-    return tile_grid(weight, nrow=int(np.ceil(np.sqrt(len(weight)))), pad_value=1.0)
+    return tag, tile_grid(weight, nrow=int(np.ceil(np.sqrt(len(weight)))), pad_value=1.0)
 
 
-def mistakes_grid(images: Tensor, predicted: Tensor, true: Tensor, classes: Sequence[str],
-                  limit: int = 64) -> np.ndarray | None:
-    """Up to `limit` misclassified images, each captioned 'p:<predicted> t:<true>' (H x W x 3)."""
+def mistakes_grid(samples: Tensor, predicted: Tensor, true: Tensor, classes: Sequence[str], mean: Tensor,
+                  std: Tensor, limit: int = 64) -> tuple[str, Tensor] | None:
+    """Up to `limit` misclassified test samples, each captioned 'p:<predicted> t:<true>':
+    images as they are, 1-D signals as line plots (one colour per channel, normalised),
+    3-D volumes as their middle depth slice."""
     wrong = (predicted != true).nonzero().flatten()[:limit].tolist()
     if not wrong:
         return None
+    rank = samples.dim() - 1
+    tag = {2: "test/misclassified_signals", 3: "test/misclassified", 4: "test/misclassified_middle_depth_slice"}[rank]
     tiles = []
     for i in wrong:
-        img = images[i].cpu()
-        img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
-        pil = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((img.shape[2] * 3, img.shape[1] * 3), Image.NEAREST)
-        tile = Image.new("RGB", (pil.width, pil.height + 14), "white")
-        tile.paste(pil, (0, 0))
+        sample = samples[i].cpu()
+        if rank == 2:
+            picture = _plot_signal(normalize(sample[None], mean.cpu(), std.cpu())[0])
+        else:
+            picture = _image(sample[:, sample.shape[1] // 2] if rank == 4 else sample)
+        tile = Image.new("RGB", (picture.width, picture.height + 14), "white")
+        tile.paste(picture, (0, 0))
         caption = f"p:{classes[predicted[i]][:7]} t:{classes[true[i]][:7]}"
-        ImageDraw.Draw(tile).text((1, pil.height + 1), caption, fill="red")
+        ImageDraw.Draw(tile).text((1, picture.height + 1), caption, fill="red")
         tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
-    grid = tile_grid(torch.stack(tiles), nrow=8, pad_value=128)
-    return grid.permute(1, 2, 0).numpy()
+    return tag, tile_grid(torch.stack(tiles), nrow=8, pad_value=128)
+
+
+def _image(image: Tensor) -> Image.Image:
+    """C x H x W -> an RGB picture about 96 pixels across: uint8 pixels as they are, other
+    values scaled to 0..255; 3 channels as colour, else the first channel in grey."""
+    image = image if image.shape[0] == 3 else image[:1].expand(3, -1, -1)
+    if image.dtype != torch.uint8:
+        low, high = image.min(), image.max()
+        image = ((image.float() - low) / (high - low).clamp_min(1e-8) * 255).round().to(torch.uint8)
+    scale = max(1, 96 // max(image.shape[1:]))
+    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _plot_signal(signal: Tensor, width: int = 160, height: int = 64) -> Image.Image:
+    """C x L (normalised) -> a line plot, one colour per channel, on one shared vertical scale."""
+    values = signal.float()
+    low, high = values.min().item(), values.max().item()
+    span = max(high - low, 1e-8)
+    steps = values.shape[1]
+    xs = [round(j * (width - 1) / max(steps - 1, 1)) for j in range(steps)]
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    for c, row in enumerate(values.tolist()):
+        ys = [round((high - v) / span * (height - 1)) for v in row]
+        draw.line(list(zip(xs, ys)), fill=_COLOURS[c % len(_COLOURS)], width=1)
+    return picture
 
 
 def tile_grid(tiles: Tensor, nrow: int, pad_value: float, padding: int = 2) -> Tensor:

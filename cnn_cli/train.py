@@ -39,6 +39,7 @@ from cnn_cli.summary import format_table
 
 log = logging.getLogger(__name__)
 
+NO_VALIDATION = "last epoch (dataset.val_size=0: no validation split)"
 # Optimizer and scheduler configs name a class to instantiate; a config read back from a
 # shared checkpoint may only name a class of these modules.
 _TARGET_MODULES = {"optimizer": "torch.optim", "scheduler": "torch.optim.lr_scheduler"}
@@ -143,14 +144,16 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     model = built.model.to(device)
     if trainer.sync_bn and rank.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
     data = data_mod.load(cfg.dataset, device)
-    log.info("data: %s, %d train / %d val / %d test images on %s", data.name, len(data.train), len(data.val),
+    log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
+    if not len(data.val):
+        log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
+                 "last epoch")
 
     if trainer.batch_size > len(data.train):
         raise UserError(f"trainer.batch_size={trainer.batch_size} is larger than the {len(data.train)} training images "
@@ -177,7 +180,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
 
 
 def train(job: Job) -> float:
-    """Train as the job says, in its run folder; returns the best validation accuracy (for sweepers)."""
+    """Train as the job says, in its run folder; returns the best validation accuracy (for
+    sweepers; NaN with no validation split, as nothing may be chosen on the test set)."""
     cfg, run_dir, model, data, progress = job.cfg, job.run_dir, job.model, job.data, job.progress
     optimizer, scheduler, per_step, scaler = job.optimizer, job.scheduler, job.per_step, job.scaler
     trainer, steps_per_epoch, device, precision = cfg.trainer, job.steps_per_epoch, job.device, job.precision
@@ -207,6 +211,8 @@ def train(job: Job) -> float:
         if not resumed:
             _log_graph(writer, model, data)
         crop = cfg.dataset.augment.crop_padding
+        spatial_axes = len(cfg.dataset.input_shape) - 1
+        memory_format = runtime.memory_format(trainer.channels_last, spatial_axes + 1)
         log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, steps_per_epoch,
                  trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  precision)
@@ -214,7 +220,8 @@ def train(job: Job) -> float:
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
                 epoch = progress.epoch
-                plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip)
+                plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip,
+                                           spatial_axes)
                 batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch,
                                                  rank.index, rank.world)
                 bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch,
@@ -223,8 +230,7 @@ def train(job: Job) -> float:
                 stopping = False
                 started = time.perf_counter()
                 for images, labels in bar:
-                    if trainer.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
+                    images = images.contiguous(memory_format=memory_format)
                     with amp():
                         logits = forward(images)
                         loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
@@ -316,35 +322,37 @@ def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimiz
 
 def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp,
                rank: distributed.Rank) -> bool:
-    """Validate, log the epoch, reset its running sums; returns whether validation improved."""
+    """Validate, log the epoch, reset its running sums; returns whether validation improved
+    (with no validation split, every epoch counts as the best so far: best.pt is the last)."""
     trainer = cfg.trainer
     epoch = progress.epoch
-    started = time.perf_counter()
-    distributed.share_buffers(model)
-    val = evaluate(model, data, data_mod.shard(data.val, rank.index, rank.world), trainer.eval_batch_size,
-                   trainer.limit_val_batches, amp, trainer.channels_last)
-    val_seconds = time.perf_counter() - started
     row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
-           "val_loss": val.loss, "val_acc": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
-           "img_per_s": progress.seen / progress.train_seconds, "epoch_seconds": progress.train_seconds, "val_seconds": val_seconds}
+           "lr": optimizer.param_groups[0]["lr"], "img_per_s": progress.seen / progress.train_seconds,
+           "epoch_seconds": progress.train_seconds}
+    val_text, improved = "no validation", True
+    if len(data.val):
+        started = time.perf_counter()
+        distributed.share_buffers(model)
+        val = evaluate(model, data, data_mod.shard(data.val, rank.index, rank.world), trainer.eval_batch_size,
+                       trainer.limit_val_batches, amp, runtime.memory_format(trainer.channels_last, data.sample_rank))
+        row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
+        improved = val.accuracy > progress.best_acc
+        val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
     for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
                      ("val_acc", "val/acc"), ("lr", "lr"), ("img_per_s", "throughput/img_per_s"),
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
-        writer.add_scalar(tag, row[key], progress.step)
-    filters = tb.first_conv_filters(model)
-    if filters is not None:
-        writer.add_image("filters/first_conv", filters, progress.step)
+        if key in row:
+            writer.add_scalar(tag, row[key], progress.step)
+    tb.add_picture(writer, functools.partial(tb.first_conv_filters, model), progress.step)
     if trainer.log_histograms:
         tb.write_histograms(writer, model, progress.step)
-    improved = val.accuracy > progress.best_acc
-    log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.3g | %.0f img/s, %.1f s",
-             epoch + 1, trainer.epochs, row["train_loss"], row["train_acc"], val.loss, val.accuracy,
-             " (best)" if improved else "", row["lr"], row["img_per_s"], row["epoch_seconds"])
+    log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | lr %.3g | %.0f img/s, %.1f s", epoch + 1, trainer.epochs,
+             row["train_loss"], row["train_acc"], val_text, row["lr"], row["img_per_s"], row["epoch_seconds"])
     progress.history.append(row)
     progress.epoch, progress.batch = epoch + 1, 0
     progress.loss_sum, progress.correct, progress.seen, progress.train_seconds = 0.0, 0, 0, 0.0
     if improved:
-        progress.best_acc, progress.best_epoch = val.accuracy, epoch + 1
+        progress.best_acc, progress.best_epoch = row.get("val_acc", -1.0), epoch + 1
     return improved
 
 
@@ -361,27 +369,30 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
     best = copy.deepcopy(model)  # the model keeps its last weights for last.pt
     best.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, trainer.eval_batch_size, None, amp, trainer.channels_last)
-    metrics = {"best_val_acc": progress.best_acc, "best_epoch": progress.best_epoch, "test_acc": test.accuracy,
-               "test_loss": test.loss}
+    test = evaluate(best, data, shard, trainer.eval_batch_size, None, amp,
+                    runtime.memory_format(trainer.channels_last, data.sample_rank))
+    validated = bool(len(data.val))
+    metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
+               "test_acc": test.accuracy, "test_loss": test.loss}
     if rank.main:
-        mistakes = tb.mistakes_grid(shard.images, test.predictions, test.labels, list(cfg.dataset.classes))
-        if mistakes is not None:
-            writer.add_image("test/misclassified", mistakes, progress.step, dataformats="HWC")
+        tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
+                                                 list(cfg.dataset.classes), data.mean, data.std), progress.step)
         recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
         tb.write_hparams(writer, {**tb.flat_hparams(recorded), "data": data.name},
-                         {f"hparam/{k}": v for k, v in metrics.items()}, progress.step)
-        report = {**metrics, "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
+                         {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
+        report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
+                  "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     save("last.pt", finished=True)
     rule = "-" * 60
-    log.info("\n%s\nbest val acc   %.4f (epoch %d)\ntest acc       %.4f  (best.pt, %d test images, %s)\n"
+    best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
+        f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"
+    log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (best.pt, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
-             rule, progress.best_acc, progress.best_epoch, test.accuracy, len(data.test), data.name, run_dir,
-             run_dir, rule)
-    return progress.best_acc
+             rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
+    return progress.best_acc if validated else math.nan
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,

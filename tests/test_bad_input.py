@@ -67,6 +67,17 @@ def _unfinished_run(cwd: Path, fx: dict[str, Path]) -> None:
     shutil.copytree(fx["unfinished"], cwd / "run")
 
 
+def _run_without_validation(cwd: Path, fx: dict[str, Path]) -> None:
+    """The finished run's folder, its checkpoint's config saying dataset.val_size=0."""
+    import torch
+
+    _finished_run(cwd, fx)
+    best = cwd / "run" / "checkpoints" / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    state["config"]["dataset"]["val_size"] = 0
+    torch.save(state, best)
+
+
 def _random_bytes(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "random.pt").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
 
@@ -215,7 +226,10 @@ CASES: dict[str, Case] = {
     "label_smoothing_above_one": train(
         SAMPLE, "trainer.label_smoothing=1.5", expect=("trainer.label_smoothing=1.5 must be in [0, 1)", "e.g. 0.1")),
     "negative_lr": train(SAMPLE, "optimizer.lr=-1", expect=("optimizer.lr=-1", "must be > 0", "e.g. optimizer.lr=0.01")),
-    "zero_val_size": train(SAMPLE, "dataset.val_size=0", expect=("dataset.val_size=0 must be >= 1",)),
+    "negative_val_size": train(SAMPLE, "dataset.val_size=-1", expect=("dataset.val_size=-1 must be >= 0", "no validation")),
+    "plateau_without_a_validation_split": train(
+        SAMPLE, "dataset.val_size=0", "scheduler=plateau",
+        expect=("scheduler.monitor=val_loss", "dataset.val_size=0", "another scheduler")),
     "zero_grad_clip_norm": train(
         SAMPLE, "trainer.grad_clip_norm=0", expect=("trainer.grad_clip_norm=0", "must be > 0", "or null")),
     "warmup_longer_than_the_run": train(
@@ -226,6 +240,20 @@ CASES: dict[str, Case] = {
         expect=("scheduler.monitor=val_acc improves as it rises", "set scheduler.mode=max")),
     "mean_with_three_channels_for_grey_images": train(
         SAMPLE, "dataset.mean=[0.5,0.5,0.5]", expect=("dataset.mean", "one value per channel (1)", "got 3 and 1")),
+    "summary_mean_with_three_channels_for_grey_images": Case(
+        "cnn-summary", ("dataset=mnist_sample", "dataset.mean=[0.5,0.5,0.5]"),
+        ("dataset.mean", "one value per channel (1)", "got 3 and 1")),
+    "summary_flip_for_signals": Case(
+        "cnn-summary", ("model=imu_cnn1d", "dataset=basic_motions", "dataset.augment.flip=true"),
+        ("dataset.augment.flip=true", "1-D signals", "reverse time", "dataset.augment.flip=false")),
+    "summary_random_shape_with_three_means": Case(
+        "cnn-summary", ("model=imu_cnn1d", "dataset=random", "dataset.input_shape=[6,100]", "dataset.mean=[0.5,0.5,0.5]"),
+        ("one value per channel (6)", "got 3 and 6", "leave them out (null)")),
+    "null_mean_for_a_real_dataset": train(
+        SAMPLE, "dataset.mean=null", expect=("dataset.mean=null is only for dataset=random", "dataset.mean=[0.5]")),
+    "input_shape_with_five_axes": train(
+        "dataset=random", "dataset.input_shape=[1,2,3,4,5]",
+        expect=("dataset.input_shape=[1, 2, 3, 4, 5]", "[C, L]", "[C, D, H, W]")),
     # ---- the model's shapes
     "summary_kernel_larger_than_input": Case(
         "cnn-summary", ("model.layers.0.conv2d.kernel_size=40",),
@@ -292,6 +320,10 @@ CASES: dict[str, Case] = {
     "eval_truncated_checkpoint": Case(
         "cnn-eval", ("checkpoint=half.pt",), ("checkpoint=half.pt", "is not a readable checkpoint", "truncated"),
         _half_checkpoint, needs_run=True),
+    "eval_val_split_of_a_run_without_one": Case(
+        "cnn-eval", ("checkpoint=run/checkpoints/best.pt", "split=val"),
+        ("split=val", "no validation split (dataset.val_size=0)", "split=test"), _run_without_validation,
+        needs_run=True),
     "eval_split_train": Case(
         "cnn-eval", ("checkpoint=run/checkpoints/best.pt", "split=train"), ("split=train", "choose test or val"),
         _finished_run, needs_run=True),

@@ -147,7 +147,7 @@ def test_mnist_split_sizes_types_and_shapes(mnist: data.Data) -> None:
     for split, n in ((mnist.train, N_TRAIN - VAL), (mnist.val, VAL), (mnist.test, N_TEST)):
         assert split.images.dtype == torch.uint8 and tuple(split.images.shape) == (n, 1, 28, 28)
         assert split.labels.dtype == torch.int64 and tuple(split.labels.shape) == (n,)
-    assert mnist.mean.shape == mnist.std.shape == (1, 1, 1, 1)
+    assert mnist.mean.shape == mnist.std.shape == (1,)
     assert mnist.mean.item() == pytest.approx(0.1307) and mnist.std.item() == pytest.approx(0.3081)
 
 
@@ -196,7 +196,7 @@ def test_cifar10_batches_keep_channel_order(tmp_path: Path, monkeypatch: pytest.
     assert loaded.name == "cifar10"
     assert (len(loaded.train), len(loaded.val), len(loaded.test)) == (90, 10, 20)
     assert tuple(loaded.train.images.shape) == (90, 3, 32, 32) and loaded.train.images.dtype == torch.uint8
-    assert loaded.train.labels.dtype == torch.int64 and loaded.mean.shape == (1, 3, 1, 1)
+    assert loaded.train.labels.dtype == torch.int64 and loaded.mean.shape == (3,)
     # pixel (0, 2): red 11, green 22, blue 33, as written
     assert loaded.train.images[:, :, 0, 2].tolist() == [[11, 22, 33]] * 90
     # every image is its row, reshaped channel-major: value [c, y, x] = row[c * 1024 + y * 32 + x]

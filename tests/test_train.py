@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint
 from cnn_cli.builder import build_model
-from cnn_cli.evaluate import fuse_batchnorm
+from cnn_cli.fuse import fuse_batchnorm
 
 BIN = Path(sys.executable).parent
 TINY = ["dataset=mnist_sample", "trainer.progress=false", "trainer.limit_train_batches=4",
