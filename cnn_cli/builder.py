@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -27,6 +28,11 @@ from cnn_cli.layers import CATALOGUE, COMPOSITES, LayerKind, Residual, Shape
 _WINDOWED = (_ConvNd, _MaxPoolNd, _AvgPoolNd)
 _AXES = {1: ("positions",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
 _RANKS = {1: "a flat vector", 2: "a C x L map", 3: "a C x H x W map", 4: "a C x D x H x W map"}
+# far beyond any real network, so that a config (or a shared checkpoint's) cannot make the
+# builder loop, recurse or allocate without end
+MAX_LAYERS = 10_000  # after repeats are expanded
+MAX_NESTING = 20  # repeat and residual blocks inside each other
+MAX_PARAMS = 10_000_000_000  # 40 GB of float32 weights
 
 
 @dataclass
@@ -134,6 +140,8 @@ class _Walk:
         self.warnings: list[str] = []
         self.receptive_field: Shape | None = None
         self.jump: Shape | None = None
+        self.layers = 0  # built so far, against MAX_LAYERS
+        self.params = 0  # against MAX_PARAMS
 
     def add_all(self, seq: nn.Sequential, counters: Counter, specs: Any, shape: Shape, where: str,
                 path: str, depth: int, note: str = "") -> Shape:
@@ -143,9 +151,16 @@ class _Walk:
                 f"{where} must be a non-empty list of layers, e.g. [{{conv2d: {{out_channels: 16, "
                 f"kernel_size: 3}}}}, relu]; got {specs!r}"
             )
+        if where.count(".repeat.layers") + where.count(".residual.layers") > MAX_NESTING:
+            raise UserError(f"{where}: blocks nested more than {MAX_NESTING} deep; no network needs that many, "
+                            "write the repeated part once with repeat: {times: N, layers: [...]}")
         for i, spec in enumerate(specs):
             name, args = _parse(spec, f"{where}[{i}]")
             at = f"{where}[{i}] ({name}{note})"
+            self.layers += 1
+            if self.layers > MAX_LAYERS:
+                raise UserError(f"{at}: the model expands to more than {MAX_LAYERS:,} layers; is a repeat's times "
+                                "too large?")
             if name == "repeat":
                 times, inner = self._repeat_args(args, at)
                 for r in range(times):
@@ -171,8 +186,8 @@ class _Walk:
         if set(args) != {"times", "layers"}:
             raise UserError(f"{at}: write repeat as {{times: N, layers: [...]}}, got keys {sorted(args)}")
         times = args["times"]
-        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-            raise UserError(f"{at}: times must be a whole number >= 1, got {times!r}")
+        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_LAYERS:
+            raise UserError(f"{at}: times must be a whole number from 1 to {MAX_LAYERS:,}, got {times!r}")
         return times, args["layers"]
 
     def _layer(self, kind: LayerKind, args: dict[str, Any], shape: Shape, at: str, path: str,
@@ -180,6 +195,11 @@ class _Walk:
         if kind.input_ndims and len(shape) not in kind.input_ndims:
             raise UserError(_rank_message(kind, shape, at))
         kwargs = self._kwargs(kind, args, shape, at)
+        with torch.device("meta"):  # no memory yet: a layer of a trillion weights is refused, not allocated
+            self.params += _params(_construct(kind, kwargs, at, shape))
+        if self.params > MAX_PARAMS:
+            raise UserError(f"{at}: the model reaches {self.params:,} parameters here, more than {MAX_PARAMS:,}; "
+                            "check out_channels / out_features")
         module = _construct(kind, kwargs, at, shape)
         self._check_window(module, shape, at)
         out = _propagate(module, shape, at)
@@ -214,7 +234,9 @@ class _Walk:
                             f"{fmt_shape(shape)} has one per channel (training would fail); use batchnorm or "
                             "downsample less")
         groups = kwargs.get("num_groups")
-        if kind.cls is nn.GroupNorm and isinstance(groups, int) and groups > 0 and shape[0] % groups:
+        if kind.cls is nn.GroupNorm and isinstance(groups, int) and groups < 1:
+            raise UserError(f"{at}: num_groups={groups} must be >= 1 and divide the {shape[0]} incoming channels")
+        if kind.cls is nn.GroupNorm and isinstance(groups, int) and shape[0] % groups:
             raise UserError(f"{at}: num_groups={kwargs['num_groups']} does not divide the {shape[0]} "
                             "incoming channels; pick a divisor of the channel count")
         if issubclass(kind.cls, _ConvNd):
@@ -323,10 +345,21 @@ def _rank_message(kind: LayerKind, shape: Shape, at: str) -> str:
 
 
 def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape) -> nn.Module:
+    """The torch module; whatever its constructor rejects is the config's fault, said in one line.
+    (Its warnings about degenerate sizes are left to the window check that follows.)"""
     try:
-        return kind.cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{at}: {err} (incoming shape {fmt_shape(shape)}); see the torch.nn.{kind.cls.__name__} docs") from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return kind.cls(**kwargs)
+    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, ZeroDivisionError, OverflowError, ...
+        raise UserError(f"{at}: {_first_line(err)} (incoming shape {fmt_shape(shape)}); see the "
+                        f"torch.nn.{kind.cls.__name__} docs") from None
+
+
+def _first_line(err: Exception) -> str:
+    """PyTorch's message without the C++ frames some of them carry."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
@@ -336,9 +369,11 @@ def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
         with torch.inference_mode():
             out = module.eval()(torch.zeros((2, *shape)))
         module.train()
-    except (RuntimeError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {first}") from err
+    except Exception as err:  # noqa: BLE001 - the layer's arguments do not fit this input
+        raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {_first_line(err)}") from None
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"{at}: returns a {type(out).__name__}, not one tensor the next layer can take "
+                        "(return_indices?); leave that option out")
     out_shape = tuple(out.shape[1:])
     if not out_shape or min(out_shape) <= 0:
         raise UserError(f"{at}: output size reaches zero ({fmt_shape(shape)} -> {fmt_shape(out_shape)}); "

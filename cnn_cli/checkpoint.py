@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.resolvers import oc
 
 from cnn_cli.errors import UserError
 
@@ -30,26 +34,57 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Temporary file in the same folder, flush, fsync, rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Write any file atomically; `check(temporary path)` may inspect the complete file first
+    and raise to keep nothing (cnn-export loads what it wrote with its own runtime)."""
+    _atomic_write(path, write, check)
+
+
+def output_file(value: str, key: str = "output") -> Path:
+    """A file a command was asked to write: not a folder, and not a device, pipe or socket,
+    which the atomic rename would replace (output=/dev/null run as root would remove it)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UserError(f"{key}={value} is a folder; give a file name in it, e.g. {key}={path / 'NAME'}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{key}={value} is not a regular file (a device, pipe or socket); give a file name")
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Temporary file in the same folder, flush, fsync, (check,) rename over `path`.
+
+    The temporary file is created exclusively (O_EXCL, no symlink followed: mkstemp) and the
+    rename replaces whatever is at `path`, a planted symlink included, instead of writing
+    through it: a run folder shared by someone else cannot steer a write to another file."""
+    tmp = None
     try:
-        with open(tmp, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        os.chmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from the rest of a team
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch's zip writer re-raises a failed write as RuntimeError
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         cause = err if isinstance(err, OSError) else err.__context__
         if not isinstance(cause, OSError):
             raise
         kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        run = path.parent.parent
+        then = (f"continue with cnn-train resume={shlex.quote(str(run))}" if path.parent.name == "checkpoints"
+                and (path.parent / "last.pt").exists() else "try again")
         raise UserError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Free some space (or fix the "
-                        "permissions), then continue with cnn-train resume=<the run folder>") from None
+                        f"permissions), then {then}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     if os.name == "posix":  # make the rename itself durable (folders cannot be opened on Windows)
         try:
@@ -69,20 +104,25 @@ def remove_leftovers(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def resolve(path: str | Path, key: str) -> Path:
-    """A run folder means its checkpoints/last.pt; a file is taken as it is."""
+def resolve(path: str | Path, key: str, prefer: tuple[str, ...] = ("last.pt",)) -> Path:
+    """A run folder means the first of `prefer` in its checkpoints/; a file is taken as it is."""
     p = Path(path).expanduser()
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt"
+        found = [p / "checkpoints" / name for name in prefer if (p / "checkpoints" / name).is_file()]
+        if not found:
+            raise UserError(f"{key}={path}: no checkpoint there (no {' or '.join(prefer)} in {p / 'checkpoints'}); "
+                            "give a run folder (outputs/DATE/TIME) or a .pt file such as "
+                            f"outputs/DATE/TIME/checkpoints/{prefer[0]}")
+        p = found[0]
     if not p.is_file():
         raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/DATE/TIME) "
-                        "or a .pt file such as outputs/DATE/TIME/checkpoints/last.pt")
+                        f"or a .pt file such as outputs/DATE/TIME/checkpoints/{prefer[0]}")
     return p
 
 
-def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("last.pt",)) -> dict[str, Any]:
     """Read a checkpoint on the CPU, refusing anything that is not plain data."""
-    p = resolve(path, key)
+    p = resolve(path, key, prefer)
     if not zipfile.is_zipfile(p):  # every torch.save since PyTorch 1.6 writes a zip archive
         raise UserError(f"{key}={path}: {p} is not a readable checkpoint (empty, truncated, or not a cnn-cli checkpoint)")
     try:
@@ -100,4 +140,61 @@ def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
                         f"checkpoint: {reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{key}={path}: {p} is not a cnn-cli checkpoint (no model weights and config in it)")
+    for entry, kind in FORMAT.items():
+        if not isinstance(state.get(entry), kind):
+            raise UserError(f"{key}={path}: {p} is not a complete cnn-cli checkpoint ('{entry}' is "
+                            f"{'missing' if entry not in state else type(state[entry]).__name__}); it was damaged "
+                            "or written by another program")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise UserError(f"{key}={path}: {p}: its 'model' is not a state dict of tensors; it was damaged or written "
+                        "by another program")
     return state
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str) -> None:
+    """Load a checkpoint's weights, naming every key that does not fit."""
+    weights = state["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"missing {', '.join(missing[:5])}" * bool(missing), f"unexpected {', '.join(unexpected[:5])}" * bool(unexpected),
+                 f"shape mismatch {', '.join(mismatched[:5])}" * bool(mismatched)]
+        arch = state.get("config", {}).get("model", {}).get("name", "?")
+        raise UserError(f"{key}: its weights (model '{arch}') do not fit this model: "
+                        f"{'; '.join(p for p in parts if p)}; use a checkpoint of the same architecture")
+    model.load_state_dict(weights)
+
+
+# what every checkpoint holds, and of which type (read back before anything uses it)
+FORMAT: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "progress": dict, "rng": dict,
+    "config": dict, "finished": bool}
+
+
+def recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain data, for checkpoints and TensorBoard: every value that
+    comes from the environment (${oc.env:KEY}, also through other keys) is recorded as that
+    interpolation, so a secret never leaves this machine inside a shared checkpoint."""
+    OmegaConf.register_new_resolver("oc.env", lambda key, default=None: f"${{oc.env:{key}}}", use_cache=False,
+                                    replace=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    finally:
+        OmegaConf.register_new_resolver("oc.env", oc.env, use_cache=False, replace=True)
+
+
+def stored_config(config: dict[str, Any]) -> DictConfig:
+    """A checkpoint's config as data: an interpolation left in it (a recorded ${oc.env:KEY},
+    or one planted by whoever shared it) is text, never resolved on this machine."""
+    return OmegaConf.create(_escape(config))
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value

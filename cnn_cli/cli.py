@@ -19,8 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
-from cnn_cli import data, distributed, sweep
-from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
+from cnn_cli import data, distributed, rundir, streams, sweep, trust
+from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
@@ -36,25 +36,11 @@ _WRITES = distributed.this_process().main
 _STARTED = datetime.datetime.now()  # names a resume's record, however often it is resolved
 
 
-def _resumed_run(resume: str | None) -> Path | None:
-    """The run folder a resume continues in: one holding checkpoints/last.pt, or the run
-    of a .pt in some run's checkpoints/. Anything else (a stray .pt, a typo) is no run
-    folder, so the attempt gets a fresh one, which a failed check removes."""
-    if not resume:
-        return None
-    path = Path(resume).expanduser()
-    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
-        return path
-    if path.is_file() and path.parent.name == "checkpoints":
-        return path.parent.parent
-    return None
-
-
 def _run_dir(resume: str | None, default: str) -> str:
     """A resumed run continues in its own folder."""
     if not _WRITES:
         return tempfile.gettempdir()
-    run = _resumed_run(resume)
+    run = rundir.resumed_run(resume)
     return str(run) if run is not None else default
 
 
@@ -62,7 +48,7 @@ def _hydra_subdir(resume: str | None) -> str | None:
     """A resume records its own composed config beside the original run's .hydra/."""
     if not _WRITES:
         return None
-    return f".hydra/resume-{_STARTED:%Y-%m-%d_%H-%M-%S}" if _resumed_run(resume) is not None else ".hydra"
+    return f".hydra/resume-{_STARTED:%Y-%m-%d_%H-%M-%S}" if rundir.resumed_run(resume) is not None else ".hydra"
 
 
 def _log_file(path: str) -> str:
@@ -83,18 +69,32 @@ def main(app: Callable[[], Any]) -> None:
     raises them: we set that, catch them here and say what to fix."""
     os.environ.setdefault(TRACEBACK_ENV, "1" if want_traceback() else "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    streams.protect()
     try:
-        app()
+        try:
+            trust.check_command_line(sys.argv[1:])
+            app()
+        except Refused as refused:
+            raise refused.args[0] from None
     except Exception as err:
         swept = sweep.started()
         if swept is not None and sweep.report(swept):  # the jobs' own errors were printed as they failed
             sys.exit(1)
+        attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
+        if attempt is not None:  # Hydra failed before training began: leave nothing of the attempt
+            _discard_attempt(*attempt)
+        if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
+            err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
         if not isinstance(err, REPORTED) or want_traceback():
             raise
-        # an OSError here is Hydra failing to make the run folder (a missing config is an IOError too)
-        made_folder = isinstance(err, OSError) and not isinstance(err, HydraException)
-        where = "; choose the run folder with hydra.run.dir=PATH" if made_folder else ""
-        print(f"error: {describe(err)}{where}", file=sys.stderr)
+        message = describe(err)
+        if isinstance(err, OSError) and not isinstance(err, HydraException):
+            if attempt is not None and not err.filename:  # a write into the run folder failed (a full disk)
+                message = (f"cannot write the run's record in {attempt[0]}: {err.strerror or err}; nothing of "
+                           "this attempt was kept. Free some space, then run again")
+            else:  # Hydra failing to make the run folder (a missing config is an IOError too)
+                message += "; choose the run folder with hydra.run.dir=PATH"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     swept = sweep.started()
     if swept is not None and sweep.report(swept):
@@ -128,21 +128,29 @@ def _train(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    single = hydra_cfg.mode == RunMode.RUN
     try:
-        job = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
-    except REPORTED:
-        if hydra_cfg.mode == RunMode.RUN and _WRITES:  # a sweep keeps each failed job's record
-            _discard_attempt(run_dir, hydra_cfg.output_subdir)
-        raise
-    return train.train(job)
+        if _WRITES:
+            rundir.claim(run_dir)  # a single run claimed it before Hydra wrote there; a sweep's job does here
+        try:
+            job = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
+        except REPORTED:
+            if single and _WRITES:  # a sweep keeps each failed job's record
+                _discard_attempt(run_dir, hydra_cfg.output_subdir)
+            raise
+        return train.train(job)
+    finally:
+        rundir.release(run_dir)  # the next job of a sweep may run in this process
 
 
 def _discard_attempt(run_dir: Path, record: str | None) -> None:
     """Bad input found before training leaves no trace: remove what Hydra wrote for this
     attempt (its .hydra record and log), and the run folder if nothing else is in it."""
+    run_dir = Path(os.path.abspath(run_dir))
+    rundir.release(run_dir)
     if record and record != ".hydra":  # a resume's own record, beside the run's
         shutil.rmtree(run_dir / record, ignore_errors=True)
-    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in run_dir.parents:  # outputs/DATE/, if this run made it
             if parent == Path.cwd() or any(parent.iterdir()):
@@ -170,3 +178,35 @@ def _eval(cfg: DictConfig) -> None:
 def evaluate() -> None:
     """cnn-eval checkpoint=PATH [split=test|val] [fuse_bn=true]."""
     main(_eval)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@report_user_errors
+def _predict(cfg: DictConfig) -> None:
+    from cnn_cli.predict import run_predict
+
+    if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
+        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/DATE/TIME/checkpoints/best.pt "
+                        "inputs=[photo.png,pictures/]")
+    if run_predict(cfg):  # some files were unreadable: listed, skipped
+        sys.exit(1)
+
+
+def predict() -> None:
+    """cnn-predict checkpoint=PATH inputs=[a.png,dir/] [top_k=3] [output=preds.csv]."""
+    main(_predict)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+@report_user_errors
+def _export(cfg: DictConfig) -> None:
+    from cnn_cli.export import describe, run_export
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/DATE/TIME/checkpoints/best.pt format=onnx")
+    print(describe(run_export(cfg)))
+
+
+def export() -> None:
+    """cnn-export checkpoint=PATH format=onnx|torchscript|exported [fuse_bn=true] [preprocess=true]."""
+    main(_export)

@@ -35,6 +35,7 @@ SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
 BASIC_MOTIONS = "basic_motions"  # 80 smartwatch IMU recordings (6 x 100), shipped in cnn_cli/assets
 BUNDLED = {SAMPLE: "mnist_sample.npz", BASIC_MOTIONS: "basic_motions.npz"}
 RANDOM = "random"  # random pixels and labels: times an architecture with no files at all
+FLOAT_SOURCES = (BASIC_MOTIONS,)  # samples are float32 readings; every other source's are uint8 pixels
 FALLBACK_NAME = "mnist_sample (fallback)"
 
 
@@ -70,6 +71,7 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     (none with val_size=0: then the whole training set trains)."""
     check(cfg)
     train_x, train_y, test_x, test_y, name = _read(cfg)
+    _check_contents(name, cfg.num_classes, (train_y, "training"), (test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
         raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} samples are "
                         f"{list(train_x.shape[1:])}; fix dataset.input_shape")
@@ -138,6 +140,15 @@ def check(cfg: DictConfig) -> None:
                         "set dataset.augment.flip=false")
 
 
+def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, str]) -> None:
+    """Once, at load: every label names a class, so nothing fails mid-epoch."""
+    for labels, split in splits:
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise UserError(f"dataset '{name}': the {split} labels run from {int(labels.min())} to "
+                            f"{int(labels.max())}, outside 0 to {num_classes - 1} (dataset.num_classes="
+                            f"{num_classes}); fix the labels or dataset.num_classes")
+
+
 def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     """Train and test samples (N x C x ...) and labels, from torchvision or the package's assets."""
     if cfg.source in BUNDLED:
@@ -189,20 +200,42 @@ class _Missing(Exception):
 def _open(cls: type[VisionDataset], root: Path, download: bool):
     """Open both splits with torchvision, downloading if allowed; name a broken file."""
     if not _present(cls, root):
-        if not download:
-            raise _Missing("no files (dataset.download=false)")
         try:
-            cls(str(root), train=True, download=True)
-        except (OSError, RuntimeError) as err:  # no network, refused, DNS failure ...
-            raise _Missing(f"no files, and the download failed ({str(err).strip().splitlines()[-1]})") from None
+            if not download:
+                raise _Missing("no files (dataset.download=false)")
+            try:
+                cls(str(root), train=True, download=True)
+            except (OSError, RuntimeError) as err:  # no network, refused, DNS failure ...
+                raise _Missing(f"no files, and the download failed ({str(err).strip().splitlines()[-1]})") from None
+        except _Missing:
+            _archives_from_elsewhere(cls, root)
+            raise
     try:
         return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
     except Exception:  # torchvision raises whatever the parse or its md5 check trips on
         broken = _broken_file(cls, root)
         if broken is None:
             raise
-        raise UserError(f"dataset file {broken} is truncated or corrupted; delete it and download again "
+        path, problem = broken
+        raise UserError(f"dataset file {path} {problem}; delete it and download again "
                         "(dataset.download=true) or copy a good one") from None
+
+
+def _archives_from_elsewhere(cls: type[VisionDataset], root: Path) -> None:
+    """MNIST-family .gz files that are there but fail torchvision's md5 check (the same
+    images re-compressed elsewhere) make torchvision download instead: say so, and the fix."""
+    if not _is_mnist_like(cls):
+        return
+    from torchvision.datasets.utils import check_integrity
+
+    folder = _folder(cls, root)
+    for url, md5 in cls.resources:
+        archive = folder / Path(url).name
+        if archive.is_file() and not (folder / archive.stem).is_file() and not check_integrity(str(archive), md5):
+            raise UserError(f"{archive} is there but is not the file torchvision downloads (its md5 differs, e.g. "
+                            f"re-compressed elsewhere), so it is not used; unpack it yourself with "
+                            f"`gunzip -k {archive}` (torchvision reads the unpacked {archive.stem}), or delete it "
+                            "and download again")
 
 
 def _folder(cls: type[VisionDataset], root: Path) -> Path:
@@ -221,24 +254,27 @@ def _present(cls: type[VisionDataset], root: Path) -> bool:
     return all((_folder(cls, root) / name).is_file() for name in _expected_files(cls))
 
 
-def _broken_file(cls: type[VisionDataset], root: Path) -> Path | None:
-    """The first file that torchvision cannot use: a bad IDX file, or a CIFAR md5 mismatch."""
+def _broken_file(cls: type[VisionDataset], root: Path) -> tuple[Path, str] | None:
+    """The first file that torchvision cannot use, and why: a bad IDX file, or a CIFAR md5 mismatch."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
     from torchvision.datasets.utils import check_integrity
 
     folder = _folder(cls, root)
+    damaged = "is truncated or corrupted"
     if _is_mnist_like(cls):
         for name in _expected_files(cls):
             try:
                 tensor = read_sn3_pascalvincent_tensor(str(folder / name), strict=False)
             except Exception:
-                return folder / name
+                return folder / name, damaged
             if tensor.ndim != (3 if "-images-" in name else 1):  # e.g. an images file under a labels name
-                return folder / name
+                return folder / name, damaged
+            if tensor.dtype != torch.uint8:
+                return folder / name, f"holds {str(tensor.dtype).removeprefix('torch.')} values, not 8-bit (uint8) ones"
         return None
     for name, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]:
         if not check_integrity(str(folder / name), md5):
-            return folder / name
+            return folder / name, damaged
     return None
 
 

@@ -24,6 +24,11 @@ class UserError(Exception):
     """Bad input (config, file, path): printed as one line with the fix, exit status 2."""
 
 
+class Refused(BaseException):
+    """A UserError raised where Hydra would catch an Exception and only warn (its callbacks):
+    carried past it to the command's top level, which reports the UserError inside."""
+
+
 # what is reported as one line: our own errors, and Hydra's, OmegaConf's and the file
 # system's, which are about the input or the machine, not a bug
 REPORTED = (UserError, HydraException, OmegaConfBaseException, OSError)

@@ -7,11 +7,12 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod, distributed, runtime
@@ -60,14 +61,44 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     return EvalResult(loss_sum / n, correct / n, predictions, labels_all)
 
 
+@dataclass
+class Trained:
+    """A checkpoint's model (eval mode, on the CPU) with what it was trained with."""
+
+    model: nn.Sequential
+    config: DictConfig  # the run's whole config: dataset, trainer, ...
+    path: Path  # the checkpoint file
+    mean: Tensor  # (C,): the dataset's per-channel normalisation
+    std: Tensor
+
+    def normalize(self, samples: Tensor) -> Tensor:
+        """Raw samples (uint8 pixels or float readings, as the dataset stores them) -> what the
+        model was trained on."""
+        return data_mod.normalize(samples, self.mean, self.std)
+
+
+def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
+    """Rebuild a checkpoint's model from its own stored config and load its weights: what
+    cnn-eval, cnn-predict and cnn-export start from, so preprocessing is never retyped."""
+    file = checkpoint.resolve(path, key, prefer=("best.pt", "last.pt"))
+    state = checkpoint.load(file, key)
+    train_cfg = checkpoint.stored_config(state["config"])
+    model = build_from_config(train_cfg).model
+    checkpoint.load_weights(model, state, f"{key}={path}")
+    mean, std = (torch.tensor(values, dtype=torch.float32) for values in data_mod.channel_stats(train_cfg.dataset))
+    return Trained(model.eval(), train_cfg, file, mean, std)
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """cnn-eval: rebuild the checkpoint's model from its own config, evaluate one split,
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
-    path = checkpoint.resolve(cfg.checkpoint, "checkpoint")  # the JSON report goes beside it
-    state = checkpoint.load(path, "checkpoint")
-    train_cfg = OmegaConf.create(state["config"])
-    if cfg.root:
-        train_cfg.dataset.root = cfg.root
+    trained = load_trained(cfg.checkpoint)
+    path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
+    if path != Path(cfg.checkpoint).expanduser():
+        log.info("evaluating %s", path)
+    # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
+    train_cfg.dataset.root = cfg.root or "data"
+    train_cfg.dataset.download = False
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
@@ -79,8 +110,6 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("the run's precision %s is not available on %s: evaluating in float32", train_cfg.trainer.precision,
                  device.type)
         precision = "32"
-    model = build_from_config(train_cfg).model
-    model.load_state_dict(state["model"])
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
     runtime.to_memory_format(model.to(device), memory_format)
@@ -110,8 +139,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("batchnorm folded into the preceding layers: accuracy %.4f, largest logit difference %.2e",
                  fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    log.info("written %s", out)
+    try:
+        checkpoint.write_text(out, json.dumps(report, indent=2) + "\n")
+        log.info("written %s", out)
+    except UserError as err:  # a read-only folder: the report above is the result
+        log.warning("note: the report was not saved (%s)", str(err).split(";")[0])
     return report
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig
 
 from cnn_cli import data
 from cnn_cli.errors import UserError
@@ -90,6 +91,27 @@ class EvalSchema:
     batch_size: Optional[int] = MISSING
 
 
+
+@dataclass
+class PredictSchema:
+    checkpoint: str = MISSING
+    inputs: Any = MISSING  # one path or a list of them
+    top_k: int = MISSING
+    output: Optional[str] = MISSING
+    device: str = MISSING
+    batch_size: Optional[int] = MISSING
+
+
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    format: str = MISSING
+    output: Optional[str] = MISSING
+    fuse_bn: bool = MISSING
+    preprocess: bool = MISSING
+    opset: Optional[int] = MISSING
+    root: Optional[str] = MISSING
+
 # scheduler lengths the trainer fills in from the run (null in the YAML)
 LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -128,6 +150,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="eval_schema", node=EvalSchema)
+    cs.store(name="predict_schema", node=PredictSchema)
+    cs.store(name="export_schema", node=ExportSchema)
     cs.store(group="schema", name="trainer", node=TrainerSchema)
     cs.store(group="schema", name="dataset", node=DatasetSchema)
     for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
@@ -143,6 +167,7 @@ def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
     type cannot rule out (counts below 1, fractions outside [0, 1), ...); the dataset's
     own checks are data.check's, which cnn-summary runs too."""
+    _finite(cfg, "")
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
         _no_unknown_keys(node, schema, prefix)
@@ -167,6 +192,18 @@ def check(cfg: DictConfig) -> None:
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
                         "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")
+
+
+def _finite(node: Any, key: str) -> None:
+    """inf and nan are floats YAML accepts; no setting of ours means them."""
+    if isinstance(node, DictConfig):
+        for name in node:
+            _finite(node[name], f"{key}.{name}" if key else str(name))
+    elif isinstance(node, ListConfig):
+        for i, value in enumerate(node):
+            _finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{key}={node}: must be a finite number")
 
 
 MONITORED = {"val_loss": "min", "val_acc": "max"}  # what ReduceLROnPlateau may watch, and its mode

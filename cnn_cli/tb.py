@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
@@ -27,12 +28,28 @@ NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "o
                "trainer.log_every_n_steps", "trainer.log_histograms"}
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The chosen hyperparameters as flat key -> scalar, for the HParams tab."""
-    chosen = {"model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed}
+def open_writer(folder: Path, purge_step: int | None) -> SummaryWriter:
+    """TensorBoard's writer. Its events are written by a background thread; when that write
+    fails (a full disk) the thread's traceback is not printed: the writer raises the same
+    error in the training thread at its next call, where the run reports it as one line."""
+    if not getattr(threading.excepthook, "quiet_tensorboard", False):
+        threading.excepthook = _quiet_tensorboard(threading.excepthook)
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def _quiet_tensorboard(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(args: Any) -> None:
+        if not type(args.thread).__module__.startswith("tensorboard."):
+            previous(args)
+    hook.quiet_tensorboard = True
+    return hook
+
+
+def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The chosen hyperparameters (of a recorded config) as flat key -> scalar, for the HParams tab."""
+    chosen = {"model": config["model"]["name"], "dataset": config["dataset"]["name"], "seed": config["seed"]}
     for group in ("optimizer", "scheduler", "trainer"):
-        container = OmegaConf.to_container(cfg[group], resolve=True)
-        for key, value in container.items():
+        for key, value in config[group].items():
             if f"{group}.{key}" in NOT_HPARAMS:
                 continue
             name = f"{group}.{key}" if key != "_target_" else group

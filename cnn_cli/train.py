@@ -12,7 +12,9 @@ import importlib.metadata
 import json
 import logging
 import math
+import shlex
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -111,7 +113,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     resume = cfg.resume
     resumed = checkpoint.load(resume, "resume") if resume else None
     if resumed is not None:
-        if resumed["finished"]:
+        if _run_finished(resume, resumed):
             raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
@@ -145,7 +147,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     model = runtime.to_memory_format(model, runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
-        load_weights(model, init, cfg.init_from)
+        checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
     data = data_mod.load(cfg.dataset, device)
     log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
@@ -153,6 +155,9 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
         log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
                  "last epoch")
 
+    if trainer.batch_size > len(data.train):
+        raise UserError(f"trainer.batch_size={trainer.batch_size} is larger than the {len(data.train)} training images "
+                        f"of {data.name}; use at most trainer.batch_size={len(data.train)}")
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
@@ -161,7 +166,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     progress = Progress()
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        checkpoint.load_weights(model, resumed, f"resume={resume}")
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
@@ -188,7 +193,7 @@ def train(job: Job) -> float:
         forward = torch.compile(forward)
     amp = functools.partial(runtime.autocast, device, precision)
     ckpt_dir = run_dir / "checkpoints"
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = checkpoint.recorded_config(cfg)
 
     def save(name: str, finished: bool = False) -> None:
         if rank.main:
@@ -200,7 +205,7 @@ def train(job: Job) -> float:
     if rank.main:
         checkpoint.remove_leftovers(ckpt_dir)
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1 if resumed else None) if rank.main \
+    writer = tb.open_writer(run_dir / "tb", purge_step=progress.step + 1 if resumed else None) if rank.main \
         else _NoWriter()
     try:
         if not resumed:
@@ -275,12 +280,29 @@ def train(job: Job) -> float:
                     save("last.pt")
                     if rank.main:
                         log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
-                                    progress.epoch + 1, progress.step, ckpt_dir / "last.pt", run_dir)
+                                    progress.epoch + 1, progress.step, ckpt_dir / "last.pt", shlex.quote(str(run_dir)))
                     raise SystemExit(128 + (stop.signum or signal.SIGTERM))
             return _finish(cfg, model, data, progress, writer, amp, run_dir, save, rank)
+    except OSError as err:
+        raise _events_not_written(err, run_dir) from None
     finally:
-        writer.close()
+        failing = sys.exc_info()[1] is not None
+        try:
+            writer.close()
+        except OSError as err:  # a run already failing reports that first error
+            if not failing:
+                raise _events_not_written(err, run_dir) from None
         distributed.stop()
+
+
+def _events_not_written(err: OSError, run_dir: Path) -> Exception:
+    """TensorBoard's writer raises its thread's failed write (a full disk) with no path: name it."""
+    if err.filename is not None:
+        return err
+    last = run_dir / "checkpoints" / "last.pt"
+    kept = f"{last} is kept" if last.exists() else "no checkpoint was written yet"
+    return UserError(f"cannot write TensorBoard events in {run_dir / 'tb'}: {err.strerror or err}; {kept}. Free "
+                     f"some space, then continue with cnn-train resume={shlex.quote(str(run_dir))}")
 
 
 class _NoWriter:
@@ -355,10 +377,11 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
     if rank.main:
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
-        tb.write_hparams(writer, {**tb.flat_hparams(cfg), "data": data.name},
+        recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
+        tb.write_hparams(writer, {**tb.flat_hparams(recorded), "data": data.name},
                          {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
-                  "dataset": data.name, "model": cfg.model.name, "epochs": progress.epoch,
+                  "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -414,23 +437,6 @@ def _names_a_target(value: Any) -> bool:
     return isinstance(value, list) and any(_names_a_target(v) for v in value)
 
 
-def load_weights(model: nn.Module, state: dict[str, Any], path: str) -> None:
-    """Load a checkpoint's weights, naming every key that does not fit."""
-    weights = state["model"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in weights and weights[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"missing {', '.join(missing[:5])}" * bool(missing), f"unexpected {', '.join(unexpected[:5])}" * bool(unexpected),
-                 f"shape mismatch {', '.join(mismatched[:5])}" * bool(mismatched)]
-        arch = state.get("config", {}).get("model", {}).get("name", "?")
-        raise UserError(f"init_from={path}: its weights (model '{arch}') do not fit this model: "
-                        f"{'; '.join(p for p in parts if p)}; use a checkpoint of the same architecture")
-    model.load_state_dict(weights)
-
-
 # what may differ when a run is resumed: where and how visibly it runs, never what it computes
 _RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
               "trainer.log_histograms", "dataset.root", "dataset.download")
@@ -444,7 +450,21 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
             raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
                             f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
                             "init_from=<its last.pt>")
-    return OmegaConf.merge(OmegaConf.create(resumed["config"]), OmegaConf.from_dotlist(changes))
+    return OmegaConf.merge(checkpoint.stored_config(resumed["config"]), OmegaConf.from_dotlist(changes))
+
+
+def _run_finished(resume: str, resumed: dict[str, Any]) -> bool:
+    """Whether the run a resume names has finished: its last.pt says so, whichever of its
+    checkpoints was named. A run continues from its last.pt, never from an earlier one."""
+    path = checkpoint.resolve(resume, "resume")
+    last = path.with_name("last.pt")
+    if path == last or not last.is_file():
+        return resumed["finished"]
+    if checkpoint.load(last, "resume")["finished"]:
+        return True
+    raise UserError(f"resume={resume}: a run continues from its last.pt, not {path.name}; use "
+                    f"resume={shlex.quote(str(path.parent.parent))} (or init_from={shlex.quote(resume)} to start a "
+                    "new run from these weights)")
 
 
 def _rng_state() -> dict[str, Any]:

@@ -14,6 +14,7 @@ layout. CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds on any ma
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -105,6 +106,80 @@ def _truncated_idx(cwd: Path, fx: dict[str, Path]) -> None:
 def _locked_root(cwd: Path, fx: dict[str, Path]) -> None:
     write_idx(cwd / "locked" / "FashionMNIST" / "raw")
     (cwd / "locked").chmod(0)
+
+
+def _configs(files: dict[str, bytes | str]) -> Callable[[Path, dict[str, Path]], None]:
+    """A config folder from someone else (for --config-dir cfg), and a file its code would hit."""
+    def setup(cwd: Path, fx: dict[str, Path]) -> None:
+        (cwd / "victim.txt").write_text("keep me\n")
+        for rel, content in files.items():
+            path = cwd / "cfg" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return setup
+
+
+CALLBACK = """# @package _global_
+hydra:
+  callbacks:
+    wipe:
+      _target_: builtins.open
+      file: victim.txt
+      mode: w
+model:
+  name: evil
+"""
+NESTED = "name: deep\nlayers: " + "[{residual: {layers: " * 25 + "[relu]" + "}}]" * 25 + "\n"
+
+
+def _edited_checkpoint(edit: Callable[[dict], None], name: str = "edited.pt") -> Callable[[Path, dict[str, Path]], None]:
+    """The training run's best.pt with something changed, as a file from someone else."""
+    def setup(cwd: Path, fx: dict[str, Path]) -> None:
+        import torch
+
+        state = torch.load(fx["run"] / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+        edit(state)
+        torch.save(state, cwd / name)
+    return setup
+
+
+def _wider_first_conv(state: dict) -> None:
+    state["config"]["model"]["layers"][0]["conv2d"]["out_channels"] = 8
+
+
+def _author_paths(state: dict) -> None:
+    state["config"]["dataset"].update(name="mnist", source="MNIST", root="author/data", download=True, fallback=False)
+
+
+def _labels_beyond_classes(cwd: Path, fx: dict[str, Path]) -> None:
+    labels = write_idx(cwd / "data" / "MNIST" / "raw") / "train-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[8 + 5] = 12
+    labels.write_bytes(bytes(data))
+
+
+def _float_images(cwd: Path, fx: dict[str, Path]) -> None:
+    raw = write_idx(cwd / "data" / "MNIST" / "raw")
+    for prefix, n in (("train", 300), ("t10k", 50)):
+        pixels = np.random.default_rng(0).random((n, 28, 28), dtype=np.float32).astype(">f4")
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x0D03, n, 28, 28) + pixels.tobytes())
+
+
+def _recompressed_archives(cwd: Path, fx: dict[str, Path]) -> None:
+    """The four Fashion-MNIST files as another site serves them: gzip with another header."""
+    raw = write_idx(cwd / "data" / "FashionMNIST" / "raw")
+    for name in MNIST_FILES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes(), mtime=1))
+        (raw / name).unlink()
+
+
+def _used_sweep(cwd: Path, fx: dict[str, Path]) -> None:
+    (cwd / "sweep" / "0").mkdir(parents=True)
+    (cwd / "sweep" / "0" / "metrics.json").write_text('{"best_val_acc": 0.99, "test_acc": 0.99}\n')
+
+
+def summary(*args: str, expect: tuple[str, ...], setup=None) -> Case:
+    return Case("cnn-summary", args, expect, setup)
 
 
 # ------------------------------------------------------------------------- the catalogue
@@ -252,6 +327,101 @@ CASES: dict[str, Case] = {
     "eval_split_train": Case(
         "cnn-eval", ("checkpoint=run/checkpoints/best.pt", "split=train"), ("split=train", "choose test or val"),
         _finished_run, needs_run=True),
+    # ---- a config folder from someone else is data (issue 13)
+    "model_config_sets_hydra_callbacks": summary(
+        "--config-dir", "cfg", "model=evil", setup=_configs({"model/evil.yaml": CALLBACK}),
+        expect=("cfg/model/evil.yaml", "'# @package _global_'", "may set only model.*")),
+    "experiment_sets_hydra_callbacks": train(
+        SAMPLE, "--config-dir", "cfg", "experiment=evil", setup=_configs({"experiment/evil.yaml": CALLBACK}),
+        expect=("cfg/experiment/evil.yaml", "key 'hydra'", "may set only model, dataset")),
+    "experiment_sets_job_logging": summary(
+        "--config-dir", "cfg", setup=_configs({"experiment/log.yaml": "# @package _global_\nhydra:\n  job_logging:\n"
+                                                "    root: {level: INFO}\n"}),
+        expect=("cfg/experiment/log.yaml", "key 'hydra'")),
+    "layer_names_a_target": summary(
+        "--config-dir", "cfg", "model=t", setup=_configs(
+            {"model/t.yaml": "name: t\nlayers:\n  - conv2d: {_target_: os.system, out_channels: 4, kernel_size: 3}\n"}),
+        expect=("cfg/model/t.yaml", "model.layers[0].conv2d._target_", "may not name Python code")),
+    "model_defaults_reach_hydra": summary(
+        "--config-dir", "cfg", "model=d", setup=_configs(
+            {"model/d.yaml": "defaults:\n  - override /hydra/job_logging: disabled\n  - _self_\nname: d\n"}),
+        expect=("cfg/model/d.yaml", "defaults entry '/hydra/job_logging' reaches outside model")),
+    "shadowing_a_hydra_plugin_config": summary(
+        "--config-dir", "cfg", setup=_configs({"hydra/launcher/basic.yaml": "_target_: os.system\n"}),
+        expect=("cfg/hydra/launcher/basic.yaml", "may not hold hydra/ configs")),
+    "yaml_syntax_error": summary(
+        "--config-dir", "cfg", "model=bad", setup=_configs({"model/bad.yaml": "name: bad\nlayers: [relu\n"}),
+        expect=("cfg/model/bad.yaml", "line ", "not valid YAML")),
+    "yaml_tab_indentation": summary(
+        "--config-dir", "cfg", "model=tab", setup=_configs({"model/tab.yaml": "name: tab\nlayers:\n\t- relu\n"}),
+        expect=("cfg/model/tab.yaml", "not valid YAML", "spaces, not tabs")),
+    "yaml_duplicate_key": summary(
+        "--config-dir", "cfg", "model=dup", setup=_configs({"model/dup.yaml": "name: a\nname: b\nlayers: [relu]\n"}),
+        expect=("cfg/model/dup.yaml", "duplicate key")),
+    "yaml_not_utf8": summary(
+        "--config-dir", "cfg", "model=latin", setup=_configs({"model/latin.yaml": b"name: caf\xe9\nlayers: [relu]\n"}),
+        expect=("cfg/model/latin.yaml", "not UTF-8", "save the config as UTF-8")),
+    "config_path_flag": summary("--config-path", "/tmp", expect=("--config-path", "--config-dir DIR")),
+    "blocks_nested_too_deep": summary(
+        "--config-dir", "cfg", "model=deep", setup=_configs({"model/deep.yaml": NESTED}),
+        expect=("nested more than 20 deep",)),
+    # ---- what the builder must stop before PyTorch does
+    "repeat_a_billion_times": summary(
+        "model.layers=[{repeat: {times: 1000000000, layers: [relu]}}]",
+        expect=("model.layers[0] (repeat)", "times must be a whole number from 1 to 10,000")),
+    "a_trillion_weights": summary(
+        "model.layers.0.conv2d.out_channels=1099511627776", expect=("model.layers[0] (conv2d)", "more than 10,000,000,000")),
+    "kernel_of_two_to_the_63": summary(
+        "model.layers.0.conv2d.kernel_size=9223372036854775807", expect=("model.layers[0] (conv2d)", "overflowed")),
+    "kernel_size_zero": summary(
+        "model.layers.0.conv2d.kernel_size=0", expect=("model.layers[0] (conv2d)", "must be >= 1")),
+    "flatten_start_dim_out_of_range": summary(
+        "model.layers.6={flatten: {start_dim: 5}}", expect=("model.layers[6] (flatten)", "Dimension out of range")),
+    "groupnorm_zero_groups": summary(
+        "model.layers.1={groupnorm: {num_groups: 0}}", expect=("model.layers[1] (groupnorm)", "num_groups=0 must be >= 1")),
+    "maxpool_returning_indices": summary(
+        "+model.layers.2.maxpool2d.return_indices=true", expect=("model.layers[2] (maxpool2d)", "return_indices")),
+    # ---- numbers that cannot be meant
+    "infinite_learning_rate": train(SAMPLE, "optimizer.lr=inf", expect=("optimizer.lr=inf: must be a finite number",)),
+    "nan_learning_rate": train(SAMPLE, "optimizer.lr=nan", expect=("optimizer.lr=nan: must be a finite number",)),
+    "batch_larger_than_the_dataset": train(
+        SAMPLE, "trainer.batch_size=100000", expect=("trainer.batch_size=100000 is larger than the 3500 training",)),
+    # ---- data whose contents are wrong
+    "labels_beyond_the_classes": train(
+        "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_labels_beyond_classes,
+        expect=("training labels run from 0 to 12", "dataset.num_classes=10")),
+    "recompressed_archives": train(
+        "dataset=fashion_mnist", "dataset.root=data", "dataset.download=false", setup=_recompressed_archives,
+        expect=("data/FashionMNIST/raw/train-images-idx3-ubyte.gz is there but", "md5", "gunzip -k")),
+    "float_image_files": train(
+        "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_float_images,
+        expect=("data/MNIST/raw/train-images-idx3-ubyte holds float32 values, not 8-bit (uint8) ones",)),
+    # ---- a folder that holds a run or a sweep is not overwritten
+    "new_run_in_a_finished_runs_folder": train(
+        *TINY, "hydra.run.dir=run", setup=_finished_run, needs_run=True,
+        expect=("hydra.run.dir=run already holds a run", "cnn-train resume=run")),
+    "new_sweep_in_a_used_sweep_folder": train(
+        "-m", *TINY, "hydra.sweep.dir=sweep", "seed=1,2", setup=_used_sweep,
+        expect=("hydra.sweep.dir=sweep already holds a sweep",)),
+    "resume_best_of_a_finished_run": train(
+        "resume=run/checkpoints/best.pt", setup=_finished_run, needs_run=True,
+        expect=("resume=run/checkpoints/best.pt: that run already finished",)),
+    # ---- checkpoints whose contents do not fit
+    "eval_weights_do_not_fit_the_stored_config": Case(
+        "cnn-eval", ("checkpoint=edited.pt",), ("checkpoint=edited.pt", "do not fit", "conv1.weight"),
+        _edited_checkpoint(_wider_first_conv), needs_run=True),
+    "eval_checkpoint_without_progress": Case(
+        "cnn-eval", ("checkpoint=edited.pt",), ("edited.pt is not a complete cnn-cli checkpoint", "'progress' is missing"),
+        _edited_checkpoint(lambda state: state.pop("progress")), needs_run=True),
+    "eval_checkpoint_model_not_a_state_dict": Case(
+        "cnn-eval", ("checkpoint=edited.pt",), ("its 'model' is not a state dict of tensors",),
+        _edited_checkpoint(lambda state: state.update(model={"conv1.weight": [1, 2]})), needs_run=True),
+    "eval_never_uses_the_authors_paths": Case(
+        "cnn-eval", ("checkpoint=edited.pt",), ("dataset 'mnist'", "data/MNIST/raw", "dataset.download=true"),
+        _edited_checkpoint(_author_paths), needs_run=True, reject=("author",)),
+    "bad_job_logging": train(
+        SAMPLE, "hydra.job_logging.root.level=LOUD",
+        expect=("hydra.job_logging: Unable to configure root logger", "Unknown level: 'LOUD'", "leave it out")),
     # ---- where the run would be written
     "run_dir_inside_a_file": train(
         SAMPLE, "hydra.run.dir=somefile/run", setup=_a_file("somefile"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-TOOLS = ("cnn-train", "cnn-summary", "cnn-eval")
+TOOLS = ("cnn-train", "cnn-summary", "cnn-eval", "cnn-predict", "cnn-export")
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,10 @@ def test_eval_help_shows_its_own_keys_not_the_training_groups(help_text: dict[st
     text = help_text["cnn-eval"]
     assert "checkpoint: ???" in text and "split: test" in text
     assert "Configuration groups" not in text and "optimizer:" not in text
+
+
+def test_predict_and_export_help_show_their_own_keys(help_text: dict[str, str]) -> None:
+    assert "inputs: ???" in help_text["cnn-predict"] and "top_k: 1" in help_text["cnn-predict"]
+    assert "format: onnx" in help_text["cnn-export"] and "fuse_bn: true" in help_text["cnn-export"]
+    for tool in ("cnn-predict", "cnn-export"):
+        assert "Configuration groups" not in help_text[tool] and "optimizer:" not in help_text[tool]

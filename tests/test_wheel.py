@@ -68,7 +68,8 @@ def test_wheel_ships_configs(wheel):
     entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert entry_points
     text = zipfile.ZipFile(wheel).read(entry_points[0]).decode()
-    for script in ("cnn-summary = cnn_cli.cli:summary", "cnn-train = cnn_cli.cli:train", "cnn-eval = cnn_cli.cli:evaluate"):
+    for script in ("cnn-summary = cnn_cli.cli:summary", "cnn-train = cnn_cli.cli:train", "cnn-eval = cnn_cli.cli:evaluate",
+                   "cnn-predict = cnn_cli.cli:predict", "cnn-export = cnn_cli.cli:export"):
         assert script in text
 
 

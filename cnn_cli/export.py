@@ -1,0 +1,255 @@
+"""cnn-export: a checkpoint's model as a file other runtimes load (ONNX, TorchScript,
+torch.export), batchnorm folded and normalisation optionally baked in, and every file
+loaded back with its own runtime and checked against PyTorch before it is kept."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from cnn_cli import checkpoint, data as data_mod
+from cnn_cli.errors import UserError
+from cnn_cli.evaluate import Trained, load_trained
+from cnn_cli.fuse import fuse_batchnorm
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4  # the largest logit difference from PyTorch a float32 export may show
+VERIFY_IMAGES = 64
+INPUT, OUTPUT = "images", "logits"
+
+
+class Deployable(nn.Module):
+    """The network a runtime receives: takes `images`, returns `logits`. With preprocess, the
+    input is raw samples as the dataset stores them (uint8 pixels N x C x H x W, what a
+    camera driver hands over; float32 readings for sensor data), and the dataset's
+    normalisation runs inside the graph."""
+
+    def __init__(self, model: nn.Module, trained: Trained, preprocess: bool) -> None:
+        super().__init__()
+        self.model, self.preprocess = model, preprocess
+        self.register_buffer("mean", trained.mean.clone())
+        self.register_buffer("std", trained.std.clone())
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.preprocess:
+            images = data_mod.normalize(images, self.mean, self.std)
+        return self.model(images)
+
+
+@dataclass
+class Format:
+    suffix: str  # the default file name: the checkpoint's, with this suffix
+    write: Callable[[Deployable, Tensor, dict[str, str], DictConfig, BinaryIO], None]
+    load: Callable[[Path], Callable[[Tensor], Tensor]]  # the format's own runtime
+
+
+def _batch_dim() -> dict[str, dict[int, Any]]:
+    return {INPUT: {0: torch.export.Dim("batch")}}
+
+
+def _write_onnx(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, f: BinaryIO) -> None:
+    with _quiet("torch.onnx", "onnxscript"):  # their notes on opset conversion: the outcome is checked below
+        program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, input_names=[INPUT],
+                                    output_names=[OUTPUT], dynamic_shapes=_batch_dim(), opset_version=cfg.opset)
+    proto = program.model_proto
+    wrote = next(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
+    if cfg.opset is not None and wrote != cfg.opset:  # the exporter falls back to its own opset, silently
+        raise UserError(f"opset={cfg.opset}: torch's ONNX exporter cannot write it for this model (it wrote opset "
+                        f"{wrote}); choose another, or leave opset out")
+    meta = {**meta, "opset": str(wrote)}
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    f.write(proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+
+
+def _write_torchscript(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, f: BinaryIO) -> None:
+    with _asked_for_torchscript():
+        torch.jit.save(torch.jit.trace(net, example), f, _extra_files=meta)
+
+
+@contextlib.contextmanager
+def _asked_for_torchscript() -> Iterator[None]:
+    """PyTorch warns at every torch.jit call that TorchScript is deprecated; format=torchscript
+    asked for it, and README says so once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        # the mean and std buffers are constants of the trace, as they should be
+        warnings.filterwarnings("ignore", message="torch.as_tensor results are registered",
+                                category=torch.jit.TracerWarning)
+        yield
+
+
+def _write_exported(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, f: BinaryIO) -> None:
+    program = torch.export.export(net, (example,), dynamic_shapes=_batch_dim())
+    torch.export.save(program, f, extra_files=meta)
+
+
+def _load_torchscript(path: Path) -> Callable[[Tensor], Tensor]:
+    with _asked_for_torchscript():
+        return torch.jit.load(str(path))
+
+
+def _load_exported(path: Path) -> Callable[[Tensor], Tensor]:
+    with open(path, "rb") as f:  # a file object: by name, torch.export.load wants a .pt2 suffix
+        return torch.export.load(f).module()
+
+
+FORMATS = {
+    "onnx": Format(".onnx", _write_onnx, _load_onnx),
+    "torchscript": Format(".torchscript.pt", _write_torchscript, _load_torchscript),
+    "exported": Format(".pt2", _write_exported, _load_exported),
+}
+# what format=onnx imports: the extra `export` installs them
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def run_export(cfg: DictConfig) -> dict[str, Any]:
+    """Export, verify, keep: returns the report it prints."""
+    if cfg.format not in FORMATS:
+        raise UserError(f"format={cfg.format}: choose one of {', '.join(FORMATS)}")
+    if cfg.format == "onnx":
+        _require_onnx()
+    if cfg.opset is not None and cfg.format != "onnx":
+        raise UserError(f"opset={cfg.opset} is for format=onnx only; drop it")
+    trained = load_trained(cfg.checkpoint)
+    fmt = FORMATS[cfg.format]
+    out = checkpoint.output_file(cfg.output or str(trained.path.with_name(trained.path.stem + fmt.suffix)))
+    if out.resolve() == trained.path.resolve():
+        raise UserError(f"output={cfg.output} is the checkpoint itself; give another file name")
+    net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
+    raw, source = verification_samples(trained.config, cfg.root)
+    feed = (lambda x: x) if cfg.preprocess else trained.normalize
+    meta = _metadata(trained, cfg.preprocess, raw.dtype)
+    report: dict[str, Any] = {}
+
+    def verify(path: Path) -> None:  # on the written file, before it takes the final name
+        report.update(_verify(fmt.load, path, trained, raw, feed, cfg.format))
+
+    def write(f: BinaryIO) -> None:
+        try:
+            fmt.write(net, feed(raw[:2]), meta, cfg, f)
+        except (UserError, OSError):
+            raise
+        except Exception as err:  # each exporter raises its own kinds; HYDRA_FULL_ERROR=1 shows the traceback
+            raise UserError(f"format={cfg.format}: the exporter failed on model '{trained.config.model.name}' "
+                            f"({str(err).strip().splitlines()[0][:200]}); nothing was written") from err
+
+    checkpoint.write_file(out, write, check=verify)
+    report.update({"output": str(out), "format": cfg.format, "bytes": out.stat().st_size, "verified_on": source,
+                   "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess})
+    return report
+
+
+def _require_onnx() -> None:
+    for name in ONNX_MODULES:
+        try:
+            __import__(name)
+        except ImportError as err:
+            raise UserError(f"format=onnx needs the optional extra 'export' ({err.name or name} is missing): "
+                            "pip install 'cnn-cli[export]'") from None
+
+
+def _metadata(trained: Trained, preprocess: bool, raw: torch.dtype) -> dict[str, str]:
+    """Stored in the file, so a runtime knows the class names and what input to give."""
+    dataset = trained.config.dataset
+    shape = "N x " + " x ".join(str(s) for s in dataset.input_shape)
+    scaled = "pixel / 255" if raw == torch.uint8 else "reading"
+    return {"classes": json.dumps(list(dataset.classes)), "dataset": str(dataset.name),
+            "model": str(trained.config.model.name),
+            "input": f"{shape} {'uint8 raw pixels' if raw == torch.uint8 else 'float32 raw readings'}" if preprocess
+                     else f"{shape} float32, normalised: ({scaled} - mean) / std",
+            "mean": json.dumps(trained.mean.tolist()), "std": json.dumps(trained.std.tolist())}
+
+
+def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trained: Trained, raw: Tensor,
+            feed: Callable[[Tensor], Tensor], name: str) -> dict[str, Any]:
+    """Run the written file with its own runtime on one sample and on the whole batch (a
+    dynamic batch axis), against the checkpoint's PyTorch model as trained (batchnorm not folded)."""
+    try:
+        run = load(path)
+    except Exception as err:  # each runtime raises its own kinds
+        raise UserError(f"the {name} file just written does not load with its own runtime "
+                        f"({str(err).strip().splitlines()[0][:200]}); nothing was kept") from None
+    worst, agree = 0.0, 0
+    with torch.inference_mode():
+        expected = trained.model(trained.normalize(raw))
+        for part in (raw[:1], raw):
+            got = run(feed(part)).float()
+            worst = max(worst, (got - expected[:len(part)]).abs().max().item())
+        agree = int((got.argmax(1) == expected.argmax(1)).sum())
+    if not worst < TOLERANCE:  # NaN fails too
+        raise UserError(f"the {name} file differs from the PyTorch model by up to {worst:.2e} in the logits (the "
+                        f"limit is {TOLERANCE:.0e}); nothing was kept. Try fuse_bn=false, or another opset")
+    return {"max_abs_difference": worst, "same_predictions": f"{agree}/{len(raw)}",
+            "input_spec": _spec(INPUT, feed(raw[:1])), "output_spec": _spec(OUTPUT, got)}
+
+
+def _spec(name: str, example: Tensor) -> str:
+    """images (N x 1 x 28 x 28, uint8)"""
+    return f"{name} (N x {' x '.join(str(s) for s in example.shape[1:])}, {str(example.dtype).removeprefix('torch.')})"
+
+
+def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tensor, str]:
+    """Raw test samples (as the dataset stores them) to check an export on, without downloading or creating anything:
+    the checkpoint's own dataset if its files are in `root` (default data/), else the bundled MNIST sample if the
+    shape fits, else random pixels of the right shape."""
+    # looked for here (as cnn-eval does), never where the checkpoint's author kept it
+    dataset = OmegaConf.merge(train_cfg.dataset, {"root": root or "data", "download": False, "fallback": False})
+    if dataset.source != data_mod.RANDOM:  # random data is drawn below, without its 60,000 images
+        try:
+            images = data_mod.load(dataset).test.images[:VERIFY_IMAGES]
+            return images, f"{len(images)} {dataset.name} test images"
+        except UserError:
+            pass
+    shape = tuple(dataset.input_shape)
+    if shape == (1, 28, 28):
+        sample = OmegaConf.merge(dataset, {"source": data_mod.SAMPLE, "val_size": 1})
+        images = data_mod.load(sample).test.images[:VERIFY_IMAGES]
+        return images, f"{len(images)} images of the bundled MNIST sample ({dataset.name} not found)"
+    gen = torch.Generator().manual_seed(0)
+    if dataset.source in data_mod.FLOAT_SOURCES:  # readings: the file must take float32, as the dataset stores them
+        images = torch.randn((VERIFY_IMAGES, *shape), generator=gen)
+    else:
+        images = torch.randint(0, 256, (VERIFY_IMAGES, *shape), dtype=torch.uint8, generator=gen)
+    missing = "" if dataset.source == data_mod.RANDOM else f" ({dataset.name} not found)"
+    return images, f"{VERIFY_IMAGES} random images{missing}"
+
+
+def describe(report: dict[str, Any]) -> str:
+    """The lines cnn-export prints."""
+    return "\n".join([
+        f"written {report['output']} ({report['format']}, {report['bytes'] / 1e6:.2f} MB; batchnorm "
+        f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw' if report['preprocess'] else 'normalised'} input)",
+        f"input {report['input_spec']} -> output {report['output_spec']}",
+        f"verified with its own runtime on {report['verified_on']}: largest logit difference from PyTorch "
+        f"{report['max_abs_difference']:.2e}, same predictions {report['same_predictions']}",
+    ])

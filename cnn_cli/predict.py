@@ -1,0 +1,139 @@
+"""cnn-predict: classify image files (or .npy arrays of samples) with a checkpoint, each
+preprocessed exactly as the model's training data was."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+from torch import Tensor
+
+from cnn_cli import checkpoint, data as data_mod, images, runtime
+from cnn_cli.errors import UserError
+from cnn_cli.evaluate import load_trained
+
+NPY = ".npy"
+LIGHT_ON_DARK = ("MNIST", "sample")  # dataset sources whose digits are light strokes on a dark background
+
+
+def run_predict(cfg: DictConfig) -> int:
+    """Print one line per sample (path, class, probability, then the next top_k - 1), write
+    the CSV if asked; return how many files were skipped as unreadable."""
+    trained = load_trained(cfg.checkpoint)
+    dataset = trained.config.dataset
+    classes = [str(c) for c in dataset.classes]
+    if not 1 <= cfg.top_k <= len(classes):
+        raise UserError(f"top_k={cfg.top_k} must be between 1 and the number of classes ({len(classes)})")
+    batch_size = cfg.batch_size or trained.config.trainer.eval_batch_size
+    if batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
+    output = checkpoint.output_file(cfg.output) if cfg.output else None
+    files = expand(cfg.inputs)
+    device = runtime.resolve_device(cfg.device)
+    model = trained.model.to(device)
+    skipped: list[tuple[Path, str]] = []
+    rows, inverted = [], 0
+    samples = _samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped)
+    for names, batch in _batches(samples, batch_size):
+        if dataset.source in LIGHT_ON_DARK:
+            inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
+        with torch.inference_mode():
+            probs = model(trained.normalize(batch.to(device))).float().softmax(1)
+        top = probs.topk(cfg.top_k, dim=1)
+        for name, p, idx in zip(names, top.values.tolist(), top.indices.tolist()):
+            row = [name, *(v for i, q in zip(idx, p) for v in (classes[i], f"{q:.6f}"))]
+            print("\t".join(row))
+            rows.append(row)
+    for path, reason in skipped:
+        print(f"skipped {path}: not a readable image ({reason})", file=sys.stderr)
+    if inverted:
+        print(f"note: {inverted} of {len(rows)} inputs look inverted (dark digit on a light background); the model "
+              "was trained on MNIST, whose digits are light on dark: invert them first (PIL.ImageOps.invert)",
+              file=sys.stderr)
+    if output is not None:
+        header = ["path", "prediction", "probability"]
+        header += [f"{key}{k}" for k in range(2, cfg.top_k + 1) for key in ("top", "probability")]
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([header, *rows])
+        checkpoint.write_text(output, text.getvalue())
+        print(f"written {output} ({len(rows)} predictions)", file=sys.stderr)
+    return len(skipped)
+
+
+def expand(inputs: Any) -> list[Path]:
+    """inputs= as files: folders expanded (recursively, sorted, image files only); a file
+    named explicitly must be an image or a .npy array."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs) if isinstance(inputs, (list, ListConfig)) else []
+    if not items:
+        raise UserError("inputs is empty; give image files or folders, e.g. inputs=[photo.png,pictures/]")
+    kinds = f"{', '.join(images.EXTENSIONS)} or {NPY}"
+    files: list[Path] = []
+    for item in map(str, items):
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = images.image_files(path)
+            if not found:
+                raise UserError(f"inputs: the folder {item} holds no image files ({', '.join(images.EXTENSIONS)})")
+            files += found
+        elif not path.exists():
+            raise UserError(f"inputs: {item} does not exist")
+        elif not path.is_file():
+            raise UserError(f"inputs: {item} is not a regular file or a folder")
+        elif not (images.is_image(path) or path.suffix.lower() == NPY):
+            raise UserError(f"inputs: {item} is not an image file nor an array of samples ({kinds})")
+        else:
+            files.append(path)
+    return files
+
+
+def _samples(files: list[Path], shape: tuple[int, ...], floats: bool,
+             skipped: list[tuple[Path, str]]) -> Iterator[tuple[str, Tensor]]:
+    """(name, raw sample) for every sample in the files; unreadable files go to `skipped`."""
+    for path in files:
+        try:
+            if path.suffix.lower() == NPY:
+                array = _read_npy(path, shape, floats)
+                for i in range(len(array)):
+                    sample = torch.from_numpy(np.array(array[i]))
+                    yield f"{path}[{i}]", sample.float() if floats else sample
+            else:
+                yield str(path), images.decode(path, shape)
+        except images.Unreadable as err:
+            skipped.append((path, str(err)))
+
+
+def _read_npy(path: Path, shape: tuple[int, ...], floats: bool) -> np.ndarray:
+    """N samples (N, *shape) or one (*shape), stored as the dataset stores them (uint8 pixels,
+    or float32 readings where `floats`); memory-mapped, never unpickled."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise images.Unreadable(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+    if not isinstance(array, np.ndarray):
+        raise images.Unreadable("an .npz archive, not one .npy array")
+    if floats and array.dtype.kind != "f":
+        raise UserError(f"{path} holds {array.dtype} values; the model was trained on float readings: give float32 "
+                        "samples as the dataset stores them (the checkpoint's normalisation is applied here)")
+    if not floats and array.dtype != np.uint8:
+        raise UserError(f"{path} holds {array.dtype} values; give uint8 samples (0-255 pixels, as the dataset stores "
+                        "them: the checkpoint's normalisation is applied here)")
+    if tuple(array.shape) == shape:
+        array = array[None]
+    if tuple(array.shape[1:]) != shape:
+        wanted = " x ".join(map(str, shape))
+        raise UserError(f"{path} holds an array of shape {' x '.join(map(str, array.shape))}; the model takes "
+                        f"N x {wanted} (or one {wanted} sample)")
+    return array
+
+
+def _batches(samples: Iterator[tuple[str, Tensor]], size: int) -> Iterator[tuple[Sequence[str], Tensor]]:
+    while chunk := list(islice(samples, size)):
+        names, batch = zip(*chunk)
+        yield names, torch.stack(batch)

@@ -1,0 +1,159 @@
+"""A run folder has one owner.
+
+A new run gets a folder nobody else has (created with mkdir, which fails if it exists, so
+two runs started in the same second get DATE/TIME and DATE/TIME-1); a folder that already
+holds a run is refused; and a process that trains in a folder holds a lock on it for its
+whole life, released by the operating system however the process ends, so a second
+trainer (or a resume while one still runs) is refused while a killed run's folder resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from cnn_cli import checkpoint, distributed
+from cnn_cli.errors import Refused, UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the folder checks still hold
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"  # the owner's PID, for the message; the lock itself is on the folder
+RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb")  # what makes a folder a run's
+_held: dict[Path, int] = {}  # folders this process owns -> the open descriptor holding the lock
+# the single run this process started: its folder and Hydra's record in it, so that an attempt
+# Hydra itself fails (a full disk while it writes the record) is removed like any bad input
+attempt: tuple[Path, str | None] | None = None
+
+
+def resumed_run(resume: str | None) -> Path | None:
+    """The run folder a resume continues in: one holding checkpoints/last.pt, or the run of
+    a .pt in some run's checkpoints/. Anything else (a stray .pt, a typo) is no run folder,
+    so the attempt gets a fresh one, which a failed check removes."""
+    if not resume:
+        return None
+    path = Path(resume).expanduser()
+    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
+        return path
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def holds_a_run(folder: Path) -> bool:
+    return any(os.path.lexists(folder / name) for name in RUN_FILES)
+
+
+def claim(folder: Path) -> None:
+    """Own `folder` for the life of this process, or say which process does."""
+    folder = Path(os.path.abspath(folder))
+    if folder in _held or fcntl is None:
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another cnn-train (process {_owner(folder)}); wait for it to "
+                        "finish, or stop it, then resume") from None
+    except OSError as err:  # a file system without locks (some network mounts): train unguarded
+        os.close(fd)
+        log.warning("cannot lock %s (%s); make sure no other process trains in it", folder, err.strerror)
+        return
+    _held[folder] = fd
+    if os.path.islink(folder / "train.log"):
+        release(folder)
+        raise UserError(f"{folder / 'train.log'} is a symbolic link; the log would be written wherever it points. "
+                        "Remove it (or copy the run to a folder of your own), then try again")
+    checkpoint.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
+
+
+def release(folder: Path) -> None:
+    folder = Path(os.path.abspath(folder))
+    fd = _held.pop(folder, None)
+    if fd is not None:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _owner(folder: Path) -> str:
+    try:
+        return (folder / LOCK_NAME).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _new_folder(path: Path) -> Path:
+    """`path`, or `path-1`, `path-2`, ... : the first that mkdir creates, so no two runs share one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = path if n == 0 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"{path}: a thousand runs already started there in the same second; choose hydra.run.dir=PATH")
+
+
+def _start_run(config: DictConfig) -> Path:
+    """The folder this run writes, created or checked, and locked."""
+    run_dir = Path(config.hydra.run.dir)
+    resumed = resumed_run(config.get("resume"))
+    if resumed is not None and os.path.abspath(resumed) == os.path.abspath(run_dir):
+        claim(run_dir)
+        return run_dir
+    chosen = not str(OmegaConf.to_container(config.hydra.run, resolve=False)["dir"]).startswith("${cnn_run_dir:")
+    if not chosen:
+        run_dir = _new_folder(run_dir)
+    else:
+        _refuse_a_used(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    claim(run_dir)
+    if chosen:  # checked again under the lock: another process may have started there meanwhile
+        try:
+            _refuse_a_used(run_dir)
+        except UserError:
+            release(run_dir)
+            raise
+    return run_dir
+
+
+def _refuse_a_used(run_dir: Path) -> None:
+    if run_dir.is_dir() and holds_a_run(run_dir):
+        quoted = shlex.quote(str(run_dir))
+        raise UserError(f"hydra.run.dir={run_dir} already holds a run; continue it with cnn-train resume={quoted}, "
+                        "or choose a new folder")
+
+
+class OwnRunFolder(Callback):
+    """Claims the run folder before Hydra writes its record and log into it; refuses a sweep
+    folder that already holds a sweep (its end table would mix two sweeps)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not distributed.this_process().main:  # the other torchrun processes write nothing
+            return
+        global attempt
+        try:
+            run_dir = _start_run(config)
+        except (UserError, OSError) as err:  # Hydra would only warn, then write its record into the folder
+            raise Refused(err) from None
+        attempt = (run_dir, config.hydra.output_subdir)
+        with read_write(config.hydra.run):  # the folder mkdir made, for Hydra to write in
+            config.hydra.run.dir = str(run_dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
+            raise Refused(UserError(f"hydra.sweep.dir={sweep_dir} already holds a sweep; choose a new folder with "
+                            "hydra.sweep.dir=PATH (or wait a second for a new default one)"))
