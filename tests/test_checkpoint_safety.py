@@ -31,6 +31,8 @@ from typing import Any
 import pytest
 import torch
 
+pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
+
 BIN = Path(sys.executable).parent
 KEYS = {"model", "optimizer", "scheduler", "scaler", "progress", "rng", "config", "finished", "versions"}
 TMP = re.compile(r"\.(last|best)\.pt\.(\d+)\.\w+\.tmp")  # .NAME.PID.RANDOM.tmp

@@ -28,6 +28,8 @@ from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
 from cnn_cli.layers import CATALOGUE, COMPOSITES
 
+pytestmark = pytest.mark.slow  # dozens of real training runs, in process
+
 Spec = Any  # a layer spec as a config writes it: "relu" or {"conv1d": {...}}
 SHAPES = {1: [(2, 24), (5, 17), (1, 32)], 2: [(1, 12, 12), (3, 10, 9), (4, 8, 8)], 3: [(1, 6, 6, 6), (2, 5, 7, 6)]}
 
