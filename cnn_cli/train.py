@@ -167,14 +167,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         logging.getLogger("cnn_cli").setLevel(logging.WARNING)
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
-    built = build_from_config(cfg)
-    log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
-    for warning in built.warnings:
-        log.warning(warning)
-    model = built.model.to(device)
-    if trainer.sync_bn and rank.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = runtime.to_memory_format(model, runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
+    model = _model(cfg, device, rank)
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
@@ -208,6 +201,19 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     elif init is not None:
         log.info("initialised weights from %s", cfg.init_from)
     return run
+
+
+def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.Module:
+    """The network the config declares, its table logged, on the device in the memory format it trains in."""
+    built = build_from_config(cfg)
+    log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
+    for warning in built.warnings:
+        log.warning(warning)
+    model = built.model.to(device)
+    if cfg.trainer.sync_bn and rank.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    rank_of_samples = len(cfg.dataset.input_shape)
+    return runtime.to_memory_format(model, runtime.memory_format(cfg.trainer.channels_last, rank_of_samples))
 
 
 def train(run: Run) -> float:
