@@ -135,9 +135,10 @@ def _wait(condition, proc: subprocess.Popen, log: Path, what: str, timeout: floa
         time.sleep(poll)
 
 
-def _writing(ckpt: Path, name: str):
-    """Whether a write of `name` is under way: its temporary file (.NAME.PID.RANDOM.tmp) exists."""
-    return lambda: any(ckpt.glob(f".{name}.*.tmp"))
+def _writing(ckpt: Path, name: str, pid: int):
+    """Whether process `pid` is writing `name`: its temporary file (.NAME.PID.RANDOM.tmp) exists
+    (not one an earlier, killed process left)."""
+    return lambda: any(ckpt.glob(f".{name}.{pid}.*.tmp"))
 
 
 def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Path) -> None:
@@ -154,7 +155,7 @@ def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Pa
         try:
             seen = None
             if how == "best-write":  # inside the write of best.pt, before that epoch's last.pt
-                _wait(_writing(ckpt, "best.pt"), proc, log, f"{chain.name}[{i}]: a best.pt write", START_TIMEOUT,
+                _wait(_writing(ckpt, "best.pt", proc.pid), proc, log, f"{chain.name}[{i}]: a best.pt write", START_TIMEOUT,
                       poll=0.0005)
             else:
                 _wait(lambda: stamp(last) != before, proc, log, f"{chain.name}[{i}]: a checkpoint", START_TIMEOUT)
@@ -163,7 +164,7 @@ def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Pa
                     seen = load(last)["progress"]["step"]
                 else:  # last-write: inside the next write of last.pt
                     seen = load(last)["progress"]["step"]
-                    _wait(_writing(ckpt, "last.pt"), proc, log, f"{chain.name}[{i}]: a last.pt write", 30, poll=0.0005)
+                    _wait(_writing(ckpt, "last.pt", proc.pid), proc, log, f"{chain.name}[{i}]: a last.pt write", 30, poll=0.0005)
             assert proc.poll() is None, f"{chain.name}[{i}] ended before the kill\n{log.read_text()[-3000:]}"
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
