@@ -384,6 +384,8 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
                   "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
+        if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
+            report["skipped_files"] = data.skipped_files
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     save("last.pt", finished=True)
     rule = "-" * 60
