@@ -72,7 +72,7 @@ class Data:
 def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     """Load cfg (a dataset config) into tensors on `device`, holding out the validation split
     (none with val_size=0: then the whole training set trains)."""
-    check(cfg)
+    resolve(cfg)
     if cfg.source == IMAGEFOLDER:  # split by the tree or stratified, and maybe mapped: its own reader
         splits, skipped = imagefolder.read(cfg, device)
         mean, std = channel_stats(cfg)

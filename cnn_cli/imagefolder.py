@@ -79,9 +79,10 @@ def resolve(cfg: DictConfig) -> None:
         cfg.num_classes = len(listing.classes)
         if cfg.input_shape is None:
             cfg.input_shape = first_shape(listing)
+        split_rows(cfg, listing, set())  # sizes that leave no training images: said before decoding
         cache = open_cache(cfg, listing)
         if cfg.mean is None or cfg.std is None:
-            mean, std = stats(cache, split_rows(cfg, listing, cache)[0], cfg)
+            mean, std = stats(cache, split_rows(cfg, listing, bad_files(cache))[0], cfg)
             cfg.mean = cfg.mean if cfg.mean is not None else mean
             cfg.std = cfg.std if cfg.std is not None else std
             log.info("normalisation from the training images: mean %s, std %s", _rounded(cfg.mean), _rounded(cfg.std))
@@ -310,10 +311,13 @@ def _fill(out: np.ndarray, results, listing: Listing, bad: list, bar, skip_bad: 
 # ---------------------------------------------------------------------------- splits and statistics
 
 
-def split_rows(cfg: DictConfig, listing: Listing, cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cache rows of train, val and test, bad files left out: the tree's own split folders
+def bad_files(cache: Cache) -> set[str]:
+    return {name for name, _ in cache.meta["bad"]}
+
+
+def split_rows(cfg: DictConfig, listing: Listing, bad: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cache rows of train, val and test, the `bad` files left out: the tree's own split folders
     where it has them, the rest drawn per class (stratified) with dataset.split_seed."""
-    bad = {name for name, _ in cache.meta["bad"]}
     good = np.array([f.as_posix() not in bad for f in listing.files], dtype=bool)
     given = {name: np.flatnonzero((listing.splits == i) & good) for i, name in enumerate(SPLITS)}
     pool = given["train"] if (listing.splits >= 0).any() else np.flatnonzero(good)
@@ -381,7 +385,7 @@ def read(cfg: DictConfig, device: torch.device | str):
     than dataset.max_memory_gb, as MappedSamples read batch by batch; and the bad-file count."""
     listing = scan(cfg)
     cache = open_cache(cfg, listing)
-    rows = split_rows(cfg, listing, cache)
+    rows = split_rows(cfg, listing, bad_files(cache))
     labels = torch.from_numpy(listing.labels)
     budget = (cfg.max_memory_gb if cfg.max_memory_gb is not None else default_memory_gb()) * 1e9
     mapped = cache.images.nbytes > budget
