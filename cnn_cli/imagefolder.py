@@ -183,20 +183,19 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
     meta_path = folder / f"{key}.json"
     if path in _OPENED and path.is_file():
         return _OPENED[path]
+    expected = (len(listing.files), *cfg.input_shape)
     reused = path.is_file() and meta_path.is_file()
+    try:
+        meta, array, mapping = _map(path, meta_path, expected) if reused else (None, None, None)
+    except _Damaged as damaged:
+        log.warning("image cache %s is damaged (%s): decoding again", path, damaged)
+        reused = False
     if reused:
         log.info("image cache reused: %s", path)
     else:
         _decode_all(cfg, listing, path, meta_path)
         log.info("image cache written: %s", path)
-    meta = json.loads(meta_path.read_text())
-    with open(path, "rb") as f:  # a private (copy-on-write) map: writable for torch, never written back
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)
-        offset = f.tell()
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    array = np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+        meta, array, mapping = _map(path, meta_path, expected)
     bad = meta["bad"]
     if bad:
         names = ", ".join(name for name, _ in bad[:MAX_NAMED]) + (f" and {len(bad) - MAX_NAMED} more"
@@ -204,6 +203,32 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
         log.warning("skipped %d unreadable image file(s): %s", len(bad), names)
     _OPENED[path] = Cache(path, meta, array, mapping, reused)
     return _OPENED[path]
+
+
+class _Damaged(Exception):
+    """A cache file that is not what this module wrote (truncated, edited, another shape)."""
+
+
+def _map(path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[dict, np.ndarray, mmap.mmap]:
+    """The cache's record and its images, memory-mapped (a private, copy-on-write map: writable
+    for torch, never written back). The .npy header is parsed as data, never unpickled."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            stored, _, dtype = read_header(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            if tuple(stored) != shape or dtype != np.uint8 or size != offset + int(np.prod(shape)):
+                raise _Damaged(f"holds {list(stored)} {dtype}, not {list(shape)} uint8")
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if not (isinstance(meta, dict) and isinstance(meta.get("bad"), list) and isinstance(meta.get("stats"), dict)):
+            raise _Damaged(f"{meta_path.name} is not its record")
+    except (OSError, ValueError) as err:  # ValueError: a bad magic string, header or JSON
+        raise _Damaged(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    return meta, np.frombuffer(mapping, dtype=np.uint8, offset=offset).reshape(shape), mapping
 
 
 def cache_folder(cfg: DictConfig, root: Path) -> Path:
