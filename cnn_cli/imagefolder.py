@@ -10,6 +10,7 @@ from it; otherwise it is loaded whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -193,7 +194,12 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
     if reused:
         log.info("image cache reused: %s", path)
     else:
-        _decode_all(cfg, listing, path, meta_path)
+        try:
+            _decode_all(cfg, listing, path, meta_path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a cache folder this attempt made: nothing left behind
+                folder.rmdir()
+            raise
         log.info("image cache written: %s", path)
         meta, array, mapping = _map(path, meta_path, expected)
     bad = meta["bad"]
