@@ -276,41 +276,51 @@ def _fingerprint(cfg: DictConfig, listing: Listing) -> str:
 
 
 def _decode_all(cfg: DictConfig, listing: Listing, path: Path, meta_path: Path) -> None:
-    """Decode every file into a temporary .npy beside `path` (in parallel), then rename it into
-    place; unreadable files are recorded as bad (a zero image, never used) or, with
-    dataset.skip_bad=false, stop the run."""
+    """Decode every file (in parallel) into a .npy written atomically, row after row, so the
+    decoding process holds one image at a time however large the tree; unreadable files are
+    recorded as bad (a zero image, never used) or, with dataset.skip_bad=false, stop the run."""
     from tqdm import tqdm
 
-    shape = tuple(cfg.input_shape)
-    jobs = [(str(listing.root / f), shape, cfg.resize) for f in listing.files]
+    shape = (len(listing.files), *cfg.input_shape)
+    jobs = [(str(listing.root / f), tuple(cfg.input_shape), cfg.resize) for f in listing.files]
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
     bad: list[tuple[str, str]] = []
 
-    def write(out: np.ndarray) -> None:
-        bar = tqdm(total=len(jobs), desc=f"decoding {len(jobs):,} images", unit="img", disable=None)
-        if workers > 1:
-            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            with context.Pool(workers) as pool:
-                _fill(out, pool.imap(_decode_one, jobs, chunksize=32), listing, bad, bar, cfg.skip_bad)
-        else:
-            _fill(out, map(_decode_one, jobs), listing, bad, bar, cfg.skip_bad)
-        bar.close()
+    def write(f) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        blank = bytes(int(np.prod(shape[1:])))
+        with tqdm(total=len(jobs), desc=f"decoding {len(jobs):,} images", unit="img", disable=None) as bar, \
+                _decoded(jobs, workers) as results:
+            for file, result in zip(listing.files, results):
+                if isinstance(result, str):
+                    _check_bad(listing.root / file, result, cfg.skip_bad)
+                    bad.append((file.as_posix(), result))
+                f.write(blank if isinstance(result, str) else result.tobytes())
+                bar.update()
 
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(jobs), *shape))
-        write(out)
-        out.flush()
-        del out
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    meta = {"files": len(jobs), "bad": bad, "stats": {}}
-    checkpoint.write_text(meta_path, json.dumps(meta))
+    checkpoint.write_file(path, write)
+    checkpoint.write_text(meta_path, json.dumps({"files": len(jobs), "bad": bad, "stats": {}}))
+
+
+@contextlib.contextmanager
+def _decoded(jobs: list, workers: int):
+    """Each job's result, in order: decoded in `workers` processes (forked where the system can:
+    no re-import of torch), or here for one."""
+    if workers == 1:
+        yield map(_decode_one, jobs)
+        return
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(workers) as pool:
+        yield pool.imap(_decode_one, jobs, chunksize=32)
+
+
+def _check_bad(path: Path, problem: str, skip_bad: bool) -> None:
+    if problem.startswith("\0"):
+        raise UserError(problem[1:] + " (or set dataset.resize=shorter_side_then_center_crop, stretch or pad)")
+    if not skip_bad:
+        raise UserError(f"{path} is not a readable image ({problem}); remove it, or set dataset.skip_bad=true to skip "
+                        "such files with a warning")
 
 
 def _decode_one(job: tuple[str, tuple[int, ...], str | None]) -> np.ndarray | str:
@@ -323,20 +333,6 @@ def _decode_one(job: tuple[str, tuple[int, ...], str | None]) -> np.ndarray | st
     except UserError as err:  # a size that no resize policy fits
         return f"\0{err}"
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-
-def _fill(out: np.ndarray, results, listing: Listing, bad: list, bar, skip_bad: bool) -> None:
-    for i, result in enumerate(results):
-        if isinstance(result, str):
-            if result.startswith("\0"):
-                raise UserError(result[1:] + " (or set dataset.resize=shorter_side_then_center_crop, stretch or pad)")
-            if not skip_bad:
-                raise UserError(f"{listing.root / listing.files[i]} is not a readable image ({result}); remove it, or "
-                                "set dataset.skip_bad=true to skip such files with a warning")
-            bad.append((listing.files[i].as_posix(), result))
-        else:
-            out[i] = result
-        bar.update()
 
 
 # ---------------------------------------------------------------------------- splits and statistics
@@ -394,6 +390,7 @@ def stats(cache: Cache, rows: np.ndarray, cfg: DictConfig) -> tuple[list[float],
             chunk = cache.images[rows[start:start + 1024]].astype(np.float64) / 255
             total = total + chunk.sum(axis=(0, 2, 3))
             squares = squares + (chunk ** 2).sum(axis=(0, 2, 3))
+            release(cache.mapping)
         n = len(rows) * cache.images.shape[2] * cache.images.shape[3]
         mean = total / n
         std = np.sqrt(np.maximum(squares / n - mean ** 2, 0))
@@ -430,7 +427,15 @@ def read(cfg: DictConfig, device: torch.device | str):
         samples = MappedSamples(array, cache.mapping, index, torch.device(device), budget) if mapped \
             else array[index].to(device)
         splits.append((samples, labels[index].to(device)))
+        release(cache.mapping)  # loaded: the map's pages need not stay in memory too
     return splits, len(cache.meta["bad"])
+
+
+def release(mapping: mmap.mmap) -> None:
+    """Drop the pages of a private, never-written map from this process's memory; a later read
+    brings them back from the file (or the page cache)."""
+    if hasattr(mapping, "madvise"):  # not on Windows
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def default_memory_gb() -> float:
@@ -462,8 +467,8 @@ class MappedSamples:
         rows = self.rows[key.cpu() if isinstance(key, Tensor) else key]
         batch = self.array[rows]
         self._read += batch.nbytes
-        if self._read > self.budget / 2 and hasattr(self.mapping, "madvise"):
-            self.mapping.madvise(mmap.MADV_DONTNEED)  # private, never written: the pages are re-read on demand
+        if self._read > self.budget / 2:
+            release(self.mapping)
             self._read = 0
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
