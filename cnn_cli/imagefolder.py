@@ -99,12 +99,13 @@ def check(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                 or (isinstance(value, float) and value >= 1):
             raise UserError(f"dataset.{key}={value}: give a count of images (an integer >= 0) or a fraction of each "
-                            "class (0 <= x < 1), e.g. dataset.{key}=0.1")
+                            f"class (0 <= x < 1), e.g. dataset.{key}=0.1")
     if cfg.workers is not None and cfg.workers < 1:
         raise UserError(f"dataset.workers={cfg.workers} must be >= 1 (or null: all cores)")
     if cfg.max_memory_gb is not None and cfg.max_memory_gb < 0:
         raise UserError(f"dataset.max_memory_gb={cfg.max_memory_gb} must be >= 0 (0: always read from the map)")
-    if cfg.input_shape is not None and (len(cfg.input_shape) != 3 or cfg.input_shape[0] not in (1, 3)):
+    shape = cfg.input_shape
+    if shape is not None and (len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1):
         raise UserError(f"dataset.input_shape={list(cfg.input_shape)}: images are [C, H, W] with C=1 (greyscale) or "
                         "C=3 (RGB), e.g. dataset.input_shape=[3,64,64]; or leave it out to take the first image's")
     if not cfg.root:

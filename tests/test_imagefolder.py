@@ -178,6 +178,8 @@ def test_the_memory_map_gives_exactly_the_batches_of_memory(tree: Path) -> None:
     (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.val_size=1.5"], "val_size=1.5: give a count"),
     (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.resize=zoom"], "dataset.resize=zoom: choose"),
     (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.input_shape=[4,8,8]"], "C=1 (greyscale) or C=3"),
+    (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.input_shape=[3,0,8]"], "[3, 0, 8]: images are"),
+    (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.test_size=abc"], "e.g. dataset.test_size=0.1"),
     (lambda t: write_tree(t / "p"), ["dataset.root={t}/p", "dataset.test_size=40"], "leaves no training images"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_cache(tmp_path: Path, setup, overrides, message) -> None:
