@@ -20,6 +20,7 @@ from PIL import Image
 import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data, imagefolder, images
 from cnn_cli.errors import UserError
+from cnn_cli.evaluate import run_eval
 
 BIN = Path(sys.executable).parent
 CLASSES = ["ant", "bee", "cow"]
@@ -228,3 +229,11 @@ def test_cnn_train_on_a_folder_alone_then_reuses_the_cache_and_resumes_exactly(t
     # cnn-predict resizes as training did: a 24x24 image of the brightest class
     predicted = cnn("cnn-predict", f"checkpoint={cut}/checkpoints/best.pt", f"inputs=[{tree}/cow/02.png]", cwd=tmp_path)
     assert predicted.stdout.split("\t")[1] == "cow"
+
+    # cnn-eval finds the same test split in the tree it is given (and only there)
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        report = run_eval(compose("eval", overrides=[f"checkpoint={cut}/checkpoints/best.pt", f"root={tree}"]))
+    assert report["accuracy"] == json.loads((cut / "metrics.json").read_text())["test_acc"]
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"), \
+            pytest.raises(UserError, match="give it with root=DIR"):
+        run_eval(compose("eval", overrides=[f"checkpoint={cut}/checkpoints/best.pt"]))
