@@ -37,6 +37,9 @@ BASIC_MOTIONS = "basic_motions"  # 80 smartwatch IMU recordings (6 x 100), shipp
 BUNDLED = {SAMPLE: "mnist_sample.npz", BASIC_MOTIONS: "basic_motions.npz"}
 RANDOM = "random"  # random pixels and labels: times an architecture with no files at all
 IMAGEFOLDER = imagefolder.SOURCE  # your own images, DIR/<class>/*.png, decoded once into a cache
+# settings only dataset=imagefolder reads, and their values elsewhere: set on another dataset they would do nothing
+IMAGEFOLDER_ONLY = {"test_size": 0, "resize": None, "cache_dir": None, "workers": None, "max_memory_gb": None,
+                    "skip_bad": True}
 FLOAT_SOURCES = (BASIC_MOTIONS,)  # samples are float32 readings; every other source's are uint8 pixels
 FALLBACK_NAME = "mnist_sample (fallback)"
 
@@ -123,6 +126,14 @@ def check(cfg: DictConfig) -> None:
     """Everything about a dataset config that can be checked without its files, so that
     cnn-summary refuses what cnn-train would: counts, mean/std per channel, augmentation
     that fits the samples' rank."""
+    for key in ("input_shape", "num_classes", "classes"):
+        if cfg[key] is None:  # dataset=imagefolder has filled them in by now
+            raise UserError(f"dataset.{key}=null: give it (only dataset=imagefolder reads it off its files)")
+    if cfg.source != IMAGEFOLDER:
+        for key, value in IMAGEFOLDER_ONLY.items():
+            if cfg.get(key, value) != value:
+                raise UserError(f"dataset.{key} is only for dataset=imagefolder; {cfg.name} does not read it: "
+                                "leave it out")
     shape = list(cfg.input_shape)
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise UserError(f"dataset.input_shape={shape}: give one sample's shape with the channels first: [C, L] "

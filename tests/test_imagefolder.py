@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,6 +192,19 @@ def test_bad_input_is_one_line_and_leaves_no_cache(tmp_path: Path, setup, overri
     assert message.format(t=tmp_path) in str(err.value) and "\n" not in str(err.value)
     assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob(".*.tmp"))
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.num_classes=null", "dataset.num_classes=null: give it (only dataset=imagefolder"),
+    ("dataset.workers=2", "dataset.workers is only for dataset=imagefolder"),
+    ("dataset.resize=pad", "dataset.resize is only for dataset=imagefolder"),
+    ("dataset.val_size=0.5", "dataset.val_size=0.5 must be a count of images"),
+])
+def test_imagefolder_settings_on_another_dataset_are_refused(override: str, message: str) -> None:
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=mnist_sample", override]).dataset
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.load(cfg)
 
 
 def cnn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
