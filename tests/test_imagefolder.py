@@ -5,7 +5,6 @@ bad input; and one cnn-train run end to end, stopped and resumed."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
