@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from test_train import TINY, cnn
 
+pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
+
 SWEEP = [*TINY, "trainer.epochs=1"]
 
 
