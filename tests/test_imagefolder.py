@@ -212,6 +212,7 @@ def cnn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.e2e
 def test_cnn_train_on_a_folder_alone_then_reuses_the_cache_and_resumes_exactly(tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "pics")
     args = ["model=lenet5", "trainer.epochs=2", "trainer.batch_size=4", "trainer.progress=false",
