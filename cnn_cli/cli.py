@@ -112,7 +112,7 @@ def explain(built: BuiltModel) -> None:
 @report_user_errors
 def _summary(cfg: DictConfig) -> None:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-    data.check(cfg.dataset)  # the dataset's own checks, as cnn-train runs them before reading any data
+    data.resolve(cfg.dataset)  # the dataset's checks, as cnn-train runs them (imagefolder: the shape from its files)
     explain(build_from_config(cfg))
 
 

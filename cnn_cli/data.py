@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
+from cnn_cli import imagefolder
 from cnn_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
 BASIC_MOTIONS = "basic_motions"  # 80 smartwatch IMU recordings (6 x 100), shipped in cnn_cli/assets
 BUNDLED = {SAMPLE: "mnist_sample.npz", BASIC_MOTIONS: "basic_motions.npz"}
 RANDOM = "random"  # random pixels and labels: times an architecture with no files at all
+IMAGEFOLDER = imagefolder.SOURCE  # your own images, DIR/<class>/*.png, decoded once into a cache
+# settings only dataset=imagefolder reads, and their values elsewhere: set on another dataset they would do nothing
+IMAGEFOLDER_ONLY = {"test_size": 0, "resize": None, "cache_dir": None, "workers": None, "max_memory_gb": None,
+                    "skip_bad": True}
 FLOAT_SOURCES = (BASIC_MOTIONS,)  # samples are float32 readings; every other source's are uint8 pixels
 FALLBACK_NAME = "mnist_sample (fallback)"
 
@@ -44,7 +49,7 @@ class Split:
     """One split: samples (N, C, L), (N, C, H, W) or (N, C, D, H, W), uint8 pixels or float32
     readings, and int64 labels (N,), on the training device."""
 
-    images: Tensor
+    images: Tensor | imagefolder.MappedSamples  # mapped: a cache larger than memory, read batch by batch
     labels: Tensor
 
     def __len__(self) -> int:
@@ -59,6 +64,7 @@ class Data:
     name: str  # the dataset actually used: "mnist", or "mnist_sample (fallback)"
     mean: Tensor  # (C,), on the device
     std: Tensor
+    skipped_files: int | None = None  # dataset=imagefolder: unreadable files left out
 
     @property
     def sample_rank(self) -> int:
@@ -69,7 +75,12 @@ class Data:
 def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     """Load cfg (a dataset config) into tensors on `device`, holding out the validation split
     (none with val_size=0: then the whole training set trains)."""
-    check(cfg)
+    resolve(cfg)
+    if cfg.source == IMAGEFOLDER:  # split by the tree or stratified, and maybe mapped: its own reader
+        splits, skipped = imagefolder.read(cfg, device)
+        mean, std = channel_stats(cfg)
+        return Data(*(Split(*split) for split in splits), cfg.name, torch.tensor(mean, device=device),
+                    torch.tensor(std, device=device), skipped)
     train_x, train_y, test_x, test_y, name = _read(cfg)
     _check_contents(name, cfg.num_classes, (train_y, "training"), (test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
@@ -103,10 +114,26 @@ def channel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
     return list(cfg.mean), list(cfg.std)
 
 
+def resolve(cfg: DictConfig) -> None:
+    """Fill in what a dataset config may leave to its files (dataset=imagefolder: the input
+    shape, classes and normalisation, decoding the images once), then check it."""
+    if cfg.source == IMAGEFOLDER:
+        imagefolder.resolve(cfg)
+    check(cfg)
+
+
 def check(cfg: DictConfig) -> None:
     """Everything about a dataset config that can be checked without its files, so that
     cnn-summary refuses what cnn-train would: counts, mean/std per channel, augmentation
     that fits the samples' rank."""
+    for key in ("input_shape", "num_classes", "classes"):
+        if cfg[key] is None:  # dataset=imagefolder has filled them in by now
+            raise UserError(f"dataset.{key}=null: give it (only dataset=imagefolder reads it off its files)")
+    if cfg.source != IMAGEFOLDER:
+        for key, value in IMAGEFOLDER_ONLY.items():
+            if cfg.get(key, value) != value:
+                raise UserError(f"dataset.{key} is only for dataset=imagefolder; {cfg.name} does not read it: "
+                                "leave it out")
     shape = list(cfg.input_shape)
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise UserError(f"dataset.input_shape={shape}: give one sample's shape with the channels first: [C, L] "
@@ -115,6 +142,8 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"dataset.num_classes={cfg.num_classes} must be >= 2")
     if len(cfg.classes) != cfg.num_classes:
         raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
+    if cfg.source != IMAGEFOLDER and (isinstance(cfg.val_size, bool) or not isinstance(cfg.val_size, int)):
+        raise UserError(f"dataset.val_size={cfg.val_size} must be a count of images (fractions: dataset=imagefolder)")
     if cfg.val_size < 0:
         raise UserError(f"dataset.val_size={cfg.val_size} must be >= 0 (0: train on the whole training set, "
                         "no validation)")
@@ -156,7 +185,8 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if cfg.source == RANDOM:
         return (*_read_random(cfg), cfg.name)
     if cfg.source not in SOURCES:
-        raise UserError(f"dataset.source '{cfg.source}' is not one of {', '.join([*SOURCES, *BUNDLED, RANDOM])}")
+        raise UserError(f"dataset.source '{cfg.source}' is not one of "
+                        f"{', '.join([*SOURCES, *BUNDLED, RANDOM, IMAGEFOLDER])}")
     cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
@@ -394,7 +424,7 @@ def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: in
     for b in range(start, count if stop is None else min(stop, count)):
         pos = slice(b * batch_size + rank * part, b * batch_size + (rank + 1) * part)
         idx = plan.order[pos].to(split.labels.device)
-        images = split.images[idx]
+        images = split.images[idx]  # a mapped split reads just these samples and moves them to the device
         if plan.offsets is not None:
             images = random_crop(images, plan.offsets[pos].to(images.device), crop_padding)
         if plan.flips is not None:
@@ -408,6 +438,8 @@ def num_train_batches(n: int, batch_size: int) -> int:
 
 def shard(split: Split, rank: int, world: int) -> Split:
     """This process's contiguous part of a split, for evaluation spread over processes."""
+    if world == 1:  # all of it (a mapped split stays mapped)
+        return split
     bounds = [len(split) * r // world for r in range(world + 1)]
     part = slice(bounds[rank], bounds[rank + 1])
     return Split(split.images[part], split.labels[part])

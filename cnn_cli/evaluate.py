@@ -97,6 +97,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if path != Path(cfg.checkpoint).expanduser():
         log.info("evaluating %s", path)
     # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
+    if train_cfg.dataset.source == data_mod.IMAGEFOLDER:
+        if not cfg.root:
+            raise UserError("the run trained on a folder of images: give it with root=DIR (the same tree, so that "
+                            "its split is the same)")
+        train_cfg.dataset.cache_dir = None  # the cache goes in DIR or the user's cache folder, as for training
     train_cfg.dataset.root = cfg.root or "data"
     train_cfg.dataset.download = False
     if cfg.split not in ("test", "val"):

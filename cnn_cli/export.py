@@ -224,7 +224,8 @@ def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tenso
     shape fits, else random pixels of the right shape."""
     # looked for here (as cnn-eval does), never where the checkpoint's author kept it
     dataset = OmegaConf.merge(train_cfg.dataset, {"root": root or "data", "download": False, "fallback": False})
-    if dataset.source != data_mod.RANDOM:  # random data is drawn below, without its 60,000 images
+    # random data is drawn below, without its 60,000 images; an image folder would be decoded into a new cache
+    if dataset.source not in (data_mod.RANDOM, data_mod.IMAGEFOLDER):
         try:
             images = data_mod.load(dataset).test.images[:VERIFY_IMAGES]
             return images, f"{len(images)} {dataset.name} test images"

@@ -35,11 +35,23 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if is_image(p) and p.is_file())
 
 
-def decode(path: Path, shape: Sequence[int]) -> Tensor:
-    """Read one image as uint8 (C, H, W) for a model trained on samples of `shape`: greyscale or
-    RGB as the dataset's channels, the phone's EXIF rotation applied, 16-bit pixels scaled to
-    8. A size other than the dataset's is an error: the datasets so far have no resize policy,
-    and a silent resize would change what the model sees."""
+RESIZE = ("shorter_side_then_center_crop", "stretch", "pad")  # dataset.resize: how an image of another size fits
+
+
+def decode(path: Path, shape: Sequence[int], resize: str | None = None) -> Tensor:
+    """Read one image as uint8 (C, H, W) for a model trained on samples of `shape`."""
+    channels = shape[0]
+    pixels = decode_array(path, shape, resize)
+    tensor = torch.from_numpy(pixels)
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def decode_array(path: Path, shape: Sequence[int], resize: str | None = None) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3): greyscale or RGB as the dataset's channels (alpha
+    dropped, palette expanded), the phone's EXIF rotation applied, 16-bit pixels scaled to 8,
+    brought to H x W by the dataset's `resize` policy. Without one, a size other than the
+    dataset's is an error: a silent resize would change what the model sees. The one decoder
+    for the image-folder cache and cnn-predict alike."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     channels, *size = shape
@@ -48,16 +60,41 @@ def decode(path: Path, shape: Sequence[int]) -> Tensor:
                         "give a .npy file of samples instead")
     try:
         with Image.open(path) as image:
-            _check_size(path, image.size, size, sorted)  # before decoding a single pixel (or a bomb's)
+            if resize is None:
+                _check_size(path, image.size, size, sorted)  # before decoding a single pixel (or a bomb's)
+            else:  # JPEG: decode at the smallest power-of-2 scale still at least as large as needed
+                image.draft(_MODES[channels], (max(size), max(size)))
             image = ImageOps.exif_transpose(image)
-            _check_size(path, image.size, size, tuple)
+            if resize is None:
+                _check_size(path, image.size, size, tuple)
             if image.mode.startswith("I;16"):
                 image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
-            pixels = np.asarray(image.convert(_MODES[channels]))
+            image = image.convert(_MODES[channels])
+            if resize is not None and image.size != (size[1], size[0]):
+                image = _fit(image, size, resize)
+            pixels = np.array(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise Unreadable(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
-    tensor = torch.from_numpy(pixels.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+    return pixels
+
+
+def _fit(image, size: Sequence[int], resize: str):
+    """`image` brought to size (H, W): scaled so its shorter side fits, then the middle cut out;
+    or stretched; or scaled to fit whole and centred on black."""
+    from PIL import Image
+
+    h, w = size
+    if resize == "stretch":
+        return image.resize((w, h), Image.Resampling.BILINEAR)
+    scale = (max if resize == "shorter_side_then_center_crop" else min)(h / image.height, w / image.width)
+    scaled = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                          Image.Resampling.BILINEAR)
+    if resize == "shorter_side_then_center_crop":
+        left, top = (scaled.width - w) // 2, (scaled.height - h) // 2
+        return scaled.crop((left, top, left + w, top + h))
+    canvas = Image.new(image.mode, (w, h))
+    canvas.paste(scaled, ((w - scaled.width) // 2, (h - scaled.height) // 2))
+    return canvas
 
 
 def _check_size(path: Path, width_height: tuple[int, int], size: Sequence[int], compare=tuple) -> None:

@@ -40,7 +40,8 @@ def run_predict(cfg: DictConfig) -> int:
     model = trained.model.to(device)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
-    samples = _samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped)
+    samples = _samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped,
+                       dataset.get("resize"))
     for names, batch in _batches(samples, batch_size):
         if dataset.source in LIGHT_ON_DARK:
             inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
@@ -94,8 +95,9 @@ def expand(inputs: Any) -> list[Path]:
 
 
 def _samples(files: list[Path], shape: tuple[int, ...], floats: bool,
-             skipped: list[tuple[Path, str]]) -> Iterator[tuple[str, Tensor]]:
-    """(name, raw sample) for every sample in the files; unreadable files go to `skipped`."""
+             skipped: list[tuple[Path, str]], resize: str | None = None) -> Iterator[tuple[str, Tensor]]:
+    """(name, raw sample) for every sample in the files, images resized by the training data's
+    policy (dataset.resize); unreadable files go to `skipped`."""
     for path in files:
         try:
             if path.suffix.lower() == NPY:
@@ -104,7 +106,7 @@ def _samples(files: list[Path], shape: tuple[int, ...], floats: bool,
                     sample = torch.from_numpy(np.array(array[i]))
                     yield f"{path}[{i}]", sample.float() if floats else sample
             else:
-                yield str(path), images.decode(path, shape)
+                yield str(path), images.decode(path, shape, resize)
         except images.Unreadable as err:
             skipped.append((path, str(err)))
 

@@ -58,15 +58,22 @@ class DatasetSchema:
     root: Optional[str] = MISSING
     download: bool = MISSING
     fallback: bool = MISSING
-    input_shape: List[int] = MISSING
-    num_classes: int = MISSING
-    classes: List[str] = MISSING
-    mean: Optional[List[float]] = MISSING  # null: only for dataset=random (data.channel_stats)
+    input_shape: Optional[List[int]] = MISSING  # null: dataset=imagefolder reads these four off the images
+    num_classes: Optional[int] = MISSING
+    classes: Optional[List[str]] = MISSING
+    mean: Optional[List[float]] = MISSING  # null also for dataset=random (data.channel_stats)
     std: Optional[List[float]] = MISSING
-    val_size: int = MISSING
+    val_size: Any = MISSING  # a count; dataset=imagefolder also takes a fraction
     split_seed: int = MISSING
     augment: AugmentSchema = field(default_factory=AugmentSchema)
     num_images: Optional[List[int]] = None  # source: random only: how many [train, test] images
+    # dataset=imagefolder only (cnn_cli/imagefolder.py; configs/dataset/imagefolder.yaml says what each means)
+    test_size: Any = 0
+    resize: Optional[str] = None
+    cache_dir: Optional[str] = None
+    workers: Optional[int] = None
+    max_memory_gb: Optional[float] = None
+    skip_bad: bool = True
 
 
 @dataclass
@@ -184,7 +191,7 @@ def check(cfg: DictConfig) -> None:
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
     optim.check(cfg, trainer.epochs)
-    data.check(cfg.dataset)
+    data.resolve(cfg.dataset)
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
                         "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")

@@ -401,6 +401,8 @@ def finish(run: Run, writer: SummaryWriter) -> float:
                   "dataset": data.name, "model": run.record["model"]["name"], "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
+        if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
+            report["skipped_files"] = data.skipped_files
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     run.save("last.pt", finished=True)
     rule = "-" * 60

@@ -97,6 +97,22 @@ def _empty_folder(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "empty").mkdir()
 
 
+def _pictures(*, empty_class: bool = False, corrupt: bool = False) -> Callable[[Path, dict[str, Path]], None]:
+    """pics/<class>/*.png, 4 tiny images a class; an empty class folder, or a corrupt file, if asked."""
+    def setup(cwd: Path, fx: dict[str, Path]) -> None:
+        from PIL import Image
+
+        for name in ("ant", "bee"):
+            (cwd / "pics" / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(cwd / "pics" / name / f"{i}.png")
+        if empty_class:
+            (cwd / "pics" / "cow").mkdir()
+        if corrupt:
+            (cwd / "pics" / "bee" / "half.png").write_bytes((cwd / "pics" / "bee" / "0.png").read_bytes()[:30])
+    return setup
+
+
 def _truncated_idx(cwd: Path, fx: dict[str, Path]) -> None:
     raw = write_idx(cwd / "data" / "MNIST" / "raw")
     images = raw / "train-images-idx3-ubyte"
@@ -294,6 +310,17 @@ CASES: dict[str, Case] = {
     "truncated_dataset_file": train(
         "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_truncated_idx,
         expect=("data/MNIST/raw/train-images-idx3-ubyte is truncated or corrupted", "download again")),
+    "imagefolder_without_a_root": train(
+        "dataset=imagefolder", expect=("dataset.root is empty", "dataset.root=DIR", "DIR/<class>/")),
+    "imagefolder_root_is_a_file": train(
+        "dataset=imagefolder", "dataset.root=notafolder.txt", setup=_a_file("notafolder.txt"),
+        expect=("dataset.root=notafolder.txt is a file, not a folder", "<class>/ folders")),
+    "imagefolder_empty_class_folder": train(
+        "dataset=imagefolder", "dataset.root=pics", setup=_pictures(empty_class=True),
+        expect=("the class folder pics/cow holds no images", "remove the folder")),
+    "imagefolder_bad_file_with_skip_bad_false": train(
+        "dataset=imagefolder", "dataset.root=pics", "dataset.skip_bad=false", setup=_pictures(corrupt=True),
+        expect=("pics/bee/half.png is not a readable image", "dataset.skip_bad=true")),
     "random_data_with_one_count": train(
         "dataset=random", "dataset.num_images=[500]",
         expect=("dataset.num_images=[500] must be two counts, [train, test]", "e.g. [50000, 10000]")),
