@@ -39,7 +39,7 @@ class TrainerSchema:
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
-    progress: bool = MISSING
+    progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     sync_bn: bool = MISSING
 
@@ -177,6 +177,8 @@ def check(cfg: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_val_batches", "num_threads"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
+    if not (isinstance(trainer.progress, bool) or trainer.progress == "auto"):
+        raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:

@@ -28,6 +28,15 @@ NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "o
                "trainer.log_every_n_steps", "trainer.log_histograms"}
 
 
+# TensorBoard's Custom Scalars page: train and val on one chart each, the schedule per step
+CHARTS = {"curves": {
+    "loss (train, val)": ["Multiline", ["train/loss", "val/loss"]],
+    "accuracy (train, val)": ["Multiline", ["train/acc", "val/acc"]],
+    "training loss per step": ["Multiline", ["train/loss_step"]],
+    "learning rate per step": ["Multiline", ["lr"]],
+}}
+
+
 def open_writer(folder: Path, purge_step: int | None) -> SummaryWriter:
     """TensorBoard's writer. Its events are written by a background thread; when that write
     fails (a full disk) the thread's traceback is not printed: the writer raises the same

@@ -210,12 +210,14 @@ def train(job: Job) -> float:
     try:
         if not resumed:
             _log_graph(writer, model, data)
+            writer.add_custom_scalars(tb.CHARTS)
         crop = cfg.dataset.augment.crop_padding
         spatial_axes = len(cfg.dataset.input_shape) - 1
         memory_format = runtime.memory_format(trainer.channels_last, spatial_axes + 1)
         log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, steps_per_epoch,
                  trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  precision)
+        drawing = rank.main and show_progress(trainer.progress)
         model.train()
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
@@ -225,8 +227,8 @@ def train(job: Job) -> float:
                 batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch,
                                                  rank.index, rank.world)
                 bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch,
-                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not (trainer.progress and rank.main),
-                           leave=False, unit="batch", dynamic_ncols=True)
+                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False,
+                           unit="batch", dynamic_ncols=True)
                 stopping = False
                 started = time.perf_counter()
                 for images, labels in bar:
@@ -242,6 +244,7 @@ def train(job: Job) -> float:
                     seen = len(labels) * rank.world
                     if not math.isfinite(loss_sum):
                         raise UserError(_diverged(loss_sum / seen, epoch, progress.step + 1, optimizer, ckpt_dir))
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if trainer.grad_clip_norm:
@@ -256,9 +259,10 @@ def train(job: Job) -> float:
                     progress.seen += seen
                     progress.loss_sum += loss_sum
                     progress.correct += int(correct)
-                    if progress.step % trainer.log_every_n_steps == 0:
+                    if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
                         writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
-                    if trainer.progress:  # tqdm redraws at most 10 times a second
+                        writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
+                    if drawing:  # tqdm redraws at most 10 times a second
                         elapsed = progress.train_seconds + time.perf_counter() - started
                         bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
                                         acc=f"{progress.correct / progress.seen:.4f}",
@@ -293,6 +297,12 @@ def train(job: Job) -> float:
             if not failing:
                 raise _events_not_written(err, run_dir) from None
         distributed.stop()
+
+
+def show_progress(setting: bool | str) -> bool:
+    """trainer.progress: true or false, or auto: bars only on a terminal, so that a log captured
+    to a file gets the one line per epoch instead of thousands of bar redraws."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
 def _events_not_written(err: OSError, run_dir: Path) -> Exception:
@@ -339,7 +349,7 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
         improved = val.accuracy > progress.best_acc
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
     for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
-                     ("val_acc", "val/acc"), ("lr", "lr"), ("img_per_s", "throughput/img_per_s"),
+                     ("val_acc", "val/acc"), ("img_per_s", "throughput/img_per_s"),
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)

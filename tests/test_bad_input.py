@@ -230,6 +230,8 @@ CASES: dict[str, Case] = {
     "plateau_without_a_validation_split": train(
         SAMPLE, "dataset.val_size=0", "scheduler=plateau",
         expect=("scheduler.monitor=val_loss", "dataset.val_size=0", "another scheduler")),
+    "progress_neither_auto_nor_a_switch": train(
+        SAMPLE, "trainer.progress=sometimes", expect=("trainer.progress=sometimes", "choose auto", "true or false")),
     "zero_grad_clip_norm": train(
         SAMPLE, "trainer.grad_clip_norm=0", expect=("trainer.grad_clip_norm=0", "must be > 0", "or null")),
     "warmup_longer_than_the_run": train(
