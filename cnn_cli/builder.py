@@ -254,6 +254,10 @@ class _Walk:
         missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in kwargs]
         if missing:
             raise UserError(f"{at}: missing {', '.join(missing)}; e.g. {{{kind.name}: {{{missing[0]}: ...}}}}")
+        if issubclass(kind.cls, nn.modules.instancenorm._InstanceNorm) and math.prod(shape[1:]) == 1:
+            raise UserError(f"{at}: {kind.name} normalises each channel over its positions, but the incoming "
+                            f"{fmt_shape(shape)} has one per channel (training would fail); use batchnorm or "
+                            "downsample less")
         groups = kwargs.get("num_groups")
         if kind.cls is nn.GroupNorm and isinstance(groups, int) and groups < 1:
             raise UserError(f"{at}: num_groups={groups} must be >= 1 and divide the {shape[0]} incoming channels")

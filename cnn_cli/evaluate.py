@@ -112,7 +112,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         precision = "32"
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
-    model.to(device, memory_format=memory_format)
+    runtime.to_memory_format(model.to(device), memory_format)
     data = data_mod.load(train_cfg.dataset, device)
     split = data.test if cfg.split == "test" else data.val
     if not len(split):

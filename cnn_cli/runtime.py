@@ -55,18 +55,30 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 # What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
-# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). For 5-D
-# batches (N, C, D, H, W) torch.channels_last_3d (NDHWC) is the analogue; measured with
-# `python benchmarks/memory_format.py` (README, Performance) it is slower on this project's
-# CPU, so they stay contiguous until a device measures otherwise. 3-D batches (N, C, L) have no
-# channels-last format.
-CHANNELS_LAST = {4: torch.channels_last}
+# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). 5-D
+# batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d in 4 of 5 runs on
+# this project's 2-core CPU (README, Performance). Measure a device with
+# `python benchmarks/memory_format.py --device cuda` and drop the 5 here if it loses there.
+# 3-D batches (N, C, L) have no channels-last format and stay contiguous.
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def memory_format(channels_last: bool, sample_rank: int) -> torch.memory_format:
     """The memory format for batches of samples with `sample_rank` axes (C, ... ) and for the
     model's weights: channels-last where trainer.channels_last asks and it applies."""
     return CHANNELS_LAST.get(sample_rank + 1, torch.contiguous_format) if channels_last else torch.contiguous_format
+
+
+def to_memory_format(model: torch.nn.Module, fmt: torch.memory_format) -> torch.nn.Module:
+    """Put the model's weights of the format's rank (conv kernels) in `fmt`. Not Module.to:
+    it converts every 4-D and 5-D tensor, and a layernorm's 4-D weight in a 3-D network has
+    no channels_last_3d layout."""
+    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == rank:
+                param.data = param.data.contiguous(memory_format=fmt)
+    return model
 
 
 def make_deterministic(on: bool) -> None:

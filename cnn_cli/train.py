@@ -144,7 +144,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     model = built.model.to(device)
     if trainer.sync_bn and rank.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(memory_format=runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
+    model = runtime.to_memory_format(model, runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")

@@ -204,3 +204,15 @@ def test_val_size_zero_trains_on_every_training_sample_and_keeps_the_last_epoch(
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert "val/acc" not in events.Tags()["scalars"] and "train/acc" in events.Tags()["scalars"]
+
+
+def test_layers_that_build_but_could_not_train_are_refused_by_the_builder() -> None:
+    # found by tests/test_property.py: instancenorm over one position per channel fails only in training
+    with pytest.raises(UserError, match=r"model.layers\[1\] \(instancenorm3d\).*one per channel"):
+        build_model([{"adaptiveavgpool3d": {"output_size": 1}}, "instancenorm3d"], (2, 4, 4, 4))
+    # and a 3-D network's layernorm has a 4-D weight that channels_last_3d must leave alone
+    model = build_model(["layernorm", {"conv3d": {"out_channels": 2, "kernel_size": 1}}], (2, 3, 3, 3)).model
+    from cnn_cli import runtime
+    runtime.to_memory_format(model, runtime.memory_format(True, 4))
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model(torch.randn(2, 2, 3, 3, 3).contiguous(memory_format=torch.channels_last_3d)).shape == (2, 2, 3, 3, 3)
