@@ -101,8 +101,18 @@ def build_model(layers: Any, input_shape: Sequence[int], where: str = "model.lay
     return BuiltModel(model, tuple(input_shape), walk.rows, walk.warnings, walk.receptive_field)
 
 
+def check_norm(model: DictConfig) -> None:
+    """A model config with `norms` (lenet5_bn) lets model.norm choose one; any other choice
+    would surface as an interpolation error deep in its layers."""
+    norms = model.get("norms")
+    if isinstance(norms, DictConfig) and model.get("norm") not in norms:
+        raise UserError(f"model.norm={model.get('norm')}: the model '{model.get('name')}' offers "
+                        f"{' | '.join(map(str, norms))}")
+
+
 def build_from_config(cfg: DictConfig) -> BuiltModel:
     """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class."""
+    check_norm(cfg.model)
     built = build_model(cfg.model.layers, cfg.dataset.input_shape)
     classes = cfg.dataset.num_classes
     if built.output_shape != (classes,):

@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
 from cnn_cli import data
+from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
 
@@ -167,6 +168,7 @@ def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
     type cannot rule out (counts below 1, fractions outside [0, 1), ...); the dataset's
     own checks are data.check's, which cnn-summary runs too."""
+    check_norm(cfg.model)
     _finite(cfg, "")
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):

@@ -387,11 +387,14 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
     if rank.main:
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
+        two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
+        tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
         recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
         tb.write_hparams(writer, {**tb.flat_hparams(recorded), "data": data.name},
                          {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
-                  "dataset": data.name, "model": recorded["model"]["name"], "epochs": progress.epoch,
+                  "dataset": data.name, "model": recorded["model"]["name"],
+                  "params": sum(p.numel() for p in model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")

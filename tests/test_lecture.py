@@ -134,3 +134,17 @@ def test_memory_column_sums_to_the_total_in_kb():
     assert built.rows[0].memory == 96 * 55 * 55 * 4  # 1,134.4 KB per image
     total = 3 * 227 * 227 * 4 + sum(4 * int(torch.tensor(row.shape).prod()) for row in built.rows)
     assert built.memory == total
+
+
+@pytest.mark.parametrize("model,shape", [("imu_cnn1d", (6, 100)), ("lenet5_1998", (1, 28, 28)),
+                                         ("voxel_cnn3d", (1, 16, 16, 16))])
+def test_feature_maps_draw_every_conv_layer_of_every_rank(model, shape):
+    from cnn_cli.tb import feature_maps
+
+    built = build(model, "dataset=random", f"dataset.input_shape=[{','.join(map(str, shape))}]")
+    pictures = dict(feature_maps(built.model, torch.randn(2, *shape)))
+    convs = [row.name for row in built.rows if row.label.startswith("Conv")]
+    assert list(pictures) == [f"features/{name}" for name in convs]
+    for image in pictures.values():  # grey, 0..1, with something drawn
+        assert image.dim() == 3 and image.shape[0] == 1 and 0 <= image.min() < image.max() <= 1
+    assert built.model.training  # left as it was found

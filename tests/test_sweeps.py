@@ -72,6 +72,9 @@ def test_an_optuna_search_writes_its_best_trial(tmp_path: Path) -> None:
     assert set(result["best_params"]) == {"optimizer.lr", "trainer.batch_size", "optimizer.weight_decay"}
     assert 0.003 <= result["best_params"]["optimizer.lr"] <= 0.3
     assert len(table_rows(proc.stdout)) == 3
+    best = max(trials, key=lambda job: trials[job]["best_val_acc"])  # the table names the best trial's values
+    assert f"best validation accuracy: job {best} ({trials[best]['best_val_acc']:.4f}): " in proc.stdout
+    assert "optimizer.lr=" in proc.stdout.split("best validation accuracy: ")[1].splitlines()[0]
 
 
 def test_submitit_local_runs_a_job(tmp_path: Path) -> None:
@@ -79,3 +82,38 @@ def test_submitit_local_runs_a_job(tmp_path: Path) -> None:
         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["steps"] == 4
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # submitit ran it as a job
+
+
+def _job(sweep: Path, num: int, overrides: list[str], metrics: dict | None = None, error: str | None = None) -> None:
+    """A job folder as cnn-train leaves it: its overrides, and metrics.json or error.txt."""
+    (sweep / str(num) / ".hydra").mkdir(parents=True)
+    (sweep / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (sweep / str(num) / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (sweep / str(num) / "error.txt").write_text(error + "\n")
+
+
+def _metrics(val: float | None, test: float, train: float, params: int, seconds: float) -> dict:
+    return {"best_val_acc": val, "test_acc": test, "params": params,
+            "history": [{"train_acc": 0.5, "epoch_seconds": seconds / 2},
+                        {"train_acc": train, "epoch_seconds": seconds / 4, "val_seconds": seconds / 4}]}
+
+
+def test_the_table_sorts_by_validation_accuracy_with_params_train_accuracy_and_time(tmp_path: Path, capsys) -> None:
+    from cnn_cli.sweep import report
+
+    sweep = tmp_path / "sweep"
+    _job(sweep, 0, ["model.norm=none", "trainer.epochs=1"], _metrics(0.95, 0.94, 0.96, 1_256_080, 40.4))
+    _job(sweep, 1, ["model.norm=batchnorm", "trainer.epochs=1"], error="epoch 1, step 3: the loss is nan")
+    _job(sweep, 2, ["model.norm=groupnorm", "trainer.epochs=1"], _metrics(0.99, 0.985, 0.97, 1_256_650, 61))
+    _job(sweep, 3, ["model.norm=layernorm", "trainer.epochs=1"], _metrics(None, 0.9, 0.91, 1_307_470, 12))
+    assert report(sweep) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "  every job: trainer.epochs=1"
+    rows = [line.split() for line in lines[3:7]]
+    assert [row[0] for row in rows] == ["2", "0", "3", "1"]  # best first, no validation next, failed last
+    assert rows[0] == ["2", "model.norm=groupnorm", "1,256,650", "train", "0.9700", "val", "0.9900", "test", "0.9850",
+                       "61", "s"]
+    assert rows[2][5:7] == ["val", "none"] and rows[3][2:4] == ["FAILED:", "epoch"]
+    assert lines[7] == "best validation accuracy: job 2 (0.9900): model.norm=groupnorm"

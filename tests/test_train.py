@@ -85,6 +85,17 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
     assert tags["graph"]
 
 
+def test_feature_maps_of_every_conv_layer_for_two_test_images(run_dir: Path) -> None:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {t for t in events.Tags()["images"] if t.startswith("features/")} == {"features/conv1", "features/conv2"}
+    conv1 = events.Images("features/conv1")[-1]
+    # 20 maps of 28 x 28 in a 5 x 4 grid (2 pixels between tiles), 4 pixels after it, two images side by side
+    assert (conv1.width, conv1.height) == (2 * (5 * 30 + 2 + 4), 4 * 30 + 2)
+    conv2 = events.Images("features/conv2")[-1]  # 50 maps of 14 x 14, shown at 28 x 28: an 8 x 7 grid
+    assert (conv2.width, conv2.height) == (2 * (8 * 30 + 2 + 4), 7 * 30 + 2)
+
+
 def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_val(run_dir: Path) -> None:
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
