@@ -1,4 +1,5 @@
-"""What a run shows in TensorBoard beyond scalars: hparams, filters, mistakes, histograms."""
+"""What a run shows in TensorBoard beyond scalars: hparams, filters, feature maps, mistakes,
+histograms, and the chart layout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.tensorboard import SummaryWriter
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from cnn_cli.data import normalize
@@ -70,11 +72,24 @@ def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
-def write_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-    """hparams in the run's own event file: SummaryWriter.add_hparams would open a sub-run,
-    which splits one run in two in TensorBoard's run list."""
-    for summary in hparams_summary(hparams, metrics):
-        writer.file_writer.add_summary(summary)
+def start_session(writer: SummaryWriter, hparams: dict[str, Any]) -> None:
+    """The run's hparams, in its own event file (SummaryWriter.add_hparams would open a
+    sub-run, which splits one run in two in TensorBoard's run list). No experiment summary:
+    TensorBoard then builds the HParams table from every run of a sweep, the hyperparameters
+    that differ between them first, and shows those."""
+    _, session_start, _ = hparams_summary(hparams, {})
+    writer.file_writer.add_summary(session_start)
+
+
+def end_session(writer: SummaryWriter, metrics: dict[str, float], step: int, failed: bool = False) -> None:
+    """The final metrics, and the run's status: a failed job shows as failed in the HParams tab."""
+    _, _, session_end = hparams_summary({}, {})
+    if failed:
+        plugin_data = session_end.value[0].metadata.plugin_data
+        content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+        content.session_end_info.status = api_pb2.STATUS_FAILURE
+        plugin_data.content = content.SerializeToString()
+    writer.file_writer.add_summary(session_end)
     for key, value in metrics.items():
         writer.add_scalar(key, value, step)
 

@@ -211,6 +211,8 @@ def train(job: Job) -> float:
         if not resumed:
             _log_graph(writer, model, data)
             writer.add_custom_scalars(tb.CHARTS)
+            if rank.main:
+                tb.start_session(writer, {**tb.flat_hparams(config), "data": data.name})
         crop = cfg.dataset.augment.crop_padding
         spatial_axes = len(cfg.dataset.input_shape) - 1
         memory_format = runtime.memory_format(trainer.channels_last, spatial_axes + 1)
@@ -290,8 +292,11 @@ def train(job: Job) -> float:
     except OSError as err:
         raise _events_not_written(err, run_dir) from None
     finally:
-        failing = sys.exc_info()[1] is not None
+        error = sys.exc_info()[1]
+        failing = error is not None
         try:
+            if rank.main and failing and not isinstance(error, (SystemExit, KeyboardInterrupt)):  # stopped: resumable
+                tb.end_session(writer, {}, progress.step, failed=True)
             writer.close()
         except OSError as err:  # a run already failing reports that first error
             if not failing:
@@ -390,8 +395,7 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
         two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
         tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
         recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
-        tb.write_hparams(writer, {**tb.flat_hparams(recorded), "data": data.name},
-                         {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
+        tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
                   "dataset": data.name, "model": recorded["model"]["name"],
                   "params": sum(p.numel() for p in model.parameters()), "epochs": progress.epoch,

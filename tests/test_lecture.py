@@ -148,3 +148,20 @@ def test_feature_maps_draw_every_conv_layer_of_every_rank(model, shape):
     for image in pictures.values():  # grey, 0..1, with something drawn
         assert image.dim() == 3 and image.shape[0] == 1 and 0 <= image.min() < image.max() <= 1
     assert built.model.training  # left as it was found
+
+
+NORMS = {"batchnorm": ("BatchNorm2d", "BatchNorm1d"), "groupnorm": ("GroupNorm", "GroupNorm"),
+         "layernorm": ("LayerNorm", "LayerNorm"), "instancenorm": ("InstanceNorm2d", "Identity"),
+         "none": ("Identity", "Identity")}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_model_norm_swaps_the_normalisation_of_lenet5_bn(norm):
+    built = build("lenet5_bn", f"model.norm={norm}")
+    kinds = [type(m).__name__ for m in built.model]
+    after_conv, after_linear = NORMS[norm]
+    assert kinds[1] == kinds[5] == after_conv and kinds[10] == after_linear
+    # a norm with its own shift makes the bias before it redundant; without one the bias stays
+    shifts = norm in ("batchnorm", "groupnorm", "layernorm")
+    assert (built.model[0].bias is None) == shifts and (built.model[9].bias is None) == shifts
+    assert not built.warnings

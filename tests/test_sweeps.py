@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from test_train import TINY, cnn
 
@@ -21,6 +22,18 @@ def hparams_of(run: Path) -> dict:
     events.Reload()
     assert events.PluginTagToContent("hparams"), f"no hparams in {run}"
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hparam/")}
+
+
+def sessions(run: Path) -> tuple[float, int]:
+    """A job's learning rate in its hparams and its end status, read back from its event file
+    (which must hold no experiment summary)."""
+    events = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    contents = events.PluginTagToContent("hparams")
+    assert set(contents) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(content) for tag, content in contents.items()}
+    start, end = data["_hparams_/session_start_info"], data["_hparams_/session_end_info"]
+    return start.session_start_info.hparams["optimizer.lr"].number_value, end.session_end_info.status
 
 
 def table_rows(stdout: str) -> dict[str, str]:
@@ -39,6 +52,10 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path: Path) -> None
     assert "1 failed" in proc.stdout and set(rows) == {"0", "1"}
     assert "optimizer.lr=1000000000000.0" in rows["0"] and "FAILED: epoch 1, step" in rows["0"]
     assert (tmp_path / "sweep" / "0" / "error.txt").read_text().startswith("epoch 1, step")
+    # in the HParams tab: the failed job with its status; no job fixes the columns (no experiment
+    # summary), so TensorBoard lists the hyperparameters that differ between the jobs first
+    assert sessions(tmp_path / "sweep" / "0") == (1e12, api_pb2.STATUS_FAILURE)
+    assert sessions(tmp_path / "sweep" / "1") == (0.05, api_pb2.STATUS_SUCCESS)
     assert not (tmp_path / "sweep" / "0" / "metrics.json").exists()
     metrics = json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())  # the other job ran to the end
     assert metrics["steps"] == 4
@@ -117,3 +134,12 @@ def test_the_table_sorts_by_validation_accuracy_with_params_train_accuracy_and_t
                        "61", "s"]
     assert rows[2][5:7] == ["val", "none"] and rows[3][2:4] == ["FAILED:", "epoch"]
     assert lines[7] == "best validation accuracy: job 2 (0.9900): model.norm=groupnorm"
+
+
+def test_compare_norms_runs_one_job_per_normalisation(tmp_path: Path) -> None:
+    proc = cnn("cnn-train", "-m", "experiment=compare_norms", *SWEEP, "trainer.limit_train_batches=1",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    rows = table_rows(proc.stdout)
+    norms = {row.split()[1] for row in rows.values()}
+    assert norms == {f"model.norm={n}" for n in ("batchnorm", "groupnorm", "layernorm", "instancenorm", "none")}
+    assert "0 failed" in proc.stdout
