@@ -67,6 +67,7 @@ def _layer_names() -> str:
 
 OmegaConf.register_new_resolver("cnn_log_file", _log_file, replace=True)
 OmegaConf.register_new_resolver("cnn_layer_names", _layer_names, replace=True)
+OmegaConf.register_new_resolver("cnn_job_dir", sweep.job_folder, replace=True)
 
 
 def main(app: Callable[[], Any]) -> None:
