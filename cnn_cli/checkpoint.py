@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.resolvers import oc
 
+from cnn_cli import optim
 from cnn_cli.errors import UserError
 
 
@@ -189,7 +190,7 @@ def recorded_config(cfg: DictConfig) -> dict[str, Any]:
 def stored_config(config: dict[str, Any]) -> DictConfig:
     """A checkpoint's config as data: an interpolation left in it (a recorded ${oc.env:KEY},
     or one planted by whoever shared it) is text, never resolved on this machine."""
-    return OmegaConf.create(_escape(config))
+    return OmegaConf.create(_escape(optim.upgrade(config)))
 
 
 def _escape(value: Any) -> Any:

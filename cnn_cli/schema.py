@@ -13,13 +13,14 @@ import difflib
 import inspect
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
+from importlib import resources
 from typing import Any, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from cnn_cli import data
+from cnn_cli import data, optim
 from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
@@ -113,23 +114,17 @@ class ExportSchema:
     opset: Optional[int] = MISSING
     root: Optional[str] = MISSING
 
-# scheduler lengths the trainer fills in from the run (null in the YAML)
-LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
-# the keys our trainer reads before the rest goes to the scheduler's constructor
-_SCHEDULER_KEYS = [("interval", str, "epoch"), ("warmup_epochs", int, 0)]
 
 
 def signature_schema(cls: type, extra: list[tuple[str, Any, Any]] = ()) -> type:
-    """A dataclass with one typed field per keyword argument of cls (PyTorch's defaults),
-    after its first positional argument (params or optimizer), plus `extra` fields."""
-    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=f"{cls.__module__}.{cls.__name__}")),
-                                          ("_partial_", bool, field(default=True))]
-    params = list(inspect.signature(cls).parameters.values())[1:]
-    for p in params:
+    """A dataclass with the class's `name` and one typed field per keyword argument
+    (PyTorch's defaults) after its first positional argument, plus `extra` fields."""
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=cls.__name__))]
+    for p in optim.arguments(cls):
         kind = _field_type(p.annotation)
         if p.default is inspect.Parameter.empty:
-            default = None if p.name == LENGTH_KEYS.get(cls.__name__) else MISSING
+            default = None if p.name == optim.LENGTH_KEYS.get(cls.__name__) else MISSING
         else:
             default = p.default
         if default is None:
@@ -155,13 +150,20 @@ def register() -> None:
     cs.store(name="export_schema", node=ExportSchema)
     cs.store(group="schema", name="trainer", node=TrainerSchema)
     cs.store(group="schema", name="dataset", node=DatasetSchema)
-    for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
-        cs.store(group="schema/optimizer", name=cls.__name__, node=signature_schema(cls))
-    lr = torch.optim.lr_scheduler
-    for cls in (lr.StepLR, lr.MultiStepLR, lr.CosineAnnealingLR, lr.OneCycleLR, lr.ConstantLR):
-        cs.store(group="schema/scheduler", name=cls.__name__, node=signature_schema(cls, _SCHEDULER_KEYS))
-    cs.store(group="schema/scheduler", name="ReduceLROnPlateau",
-             node=signature_schema(lr.ReduceLROnPlateau, [*_SCHEDULER_KEYS, ("monitor", str, "val_loss")]))
+    for group, classes, extra in (("optimizer", optim.OPTIMIZERS, lambda cls: []),
+                                  ("scheduler", optim.SCHEDULERS, _scheduler_keys)):
+        shipped = {OmegaConf.load(f).get("name") for f in resources.files("cnn_cli.configs").joinpath(group).iterdir()
+                   if f.name.endswith(".yaml")}
+        for name, cls in classes.items():  # every torch.optim class, for configs of your own too
+            node = signature_schema(cls, extra(cls))
+            cs.store(group=f"schema/{group}", name=name, node=node)
+            if name not in shipped:  # optimizer=radam, scheduler=exponentiallr: PyTorch's defaults
+                cs.store(group=group, name=name.lower(), node=node)
+
+
+def _scheduler_keys(cls: type) -> list[tuple[str, Any, Any]]:
+    monitor = [("monitor", str, "val_loss")] if cls is torch.optim.lr_scheduler.ReduceLROnPlateau else []
+    return optim.SCHEDULER_KEYS + monitor
 
 
 def check(cfg: DictConfig) -> None:
@@ -185,13 +187,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
-    lr = cfg.optimizer.get("lr")
-    if isinstance(lr, (int, float)) and not lr > 0:
-        raise UserError(f"optimizer.lr={lr} must be > 0, e.g. optimizer.lr=0.01")
-    warmup = cfg.scheduler.get("warmup_epochs", 0)
-    if not 0 <= warmup < trainer.epochs:
-        raise UserError(f"scheduler.warmup_epochs={warmup} must be >= 0 and less than trainer.epochs={trainer.epochs}")
-    _check_monitor(cfg.scheduler)
+    optim.check(cfg, trainer.epochs)
     data.check(cfg.dataset)
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
@@ -208,28 +204,6 @@ def _finite(node: Any, key: str) -> None:
             _finite(value, f"{key}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise UserError(f"{key}={node}: must be a finite number")
-
-
-MONITORED = {"val_loss": "min", "val_acc": "max"}  # what ReduceLROnPlateau may watch, and its mode
-
-
-def _check_monitor(scheduler: DictConfig) -> None:
-    """ReduceLROnPlateau (the one scheduler with a monitor) steps once per epoch on a
-    validation metric, in the direction that metric improves, with no warm-up before it."""
-    monitor = scheduler.get("monitor")
-    if monitor is None:
-        return
-    if monitor not in MONITORED:
-        raise UserError(f"scheduler.monitor={monitor}: choose {' or '.join(MONITORED)}")
-    if scheduler.mode != MONITORED[monitor]:
-        raise UserError(f"scheduler.monitor={monitor} improves as it {'falls' if MONITORED[monitor] == 'min' else 'rises'}"
-                        f": set scheduler.mode={MONITORED[monitor]}")
-    if scheduler.interval != "epoch":
-        raise UserError(f"scheduler.interval={scheduler.interval}: ReduceLROnPlateau steps once per epoch, on the "
-                        "validation metric; use scheduler.interval=epoch")
-    if scheduler.warmup_epochs:
-        raise UserError(f"scheduler.warmup_epochs={scheduler.warmup_epochs}: ReduceLROnPlateau cannot follow a "
-                        "warm-up (PyTorch's SequentialLR would not pass it the metric); set it to 0")
 
 
 def _no_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:

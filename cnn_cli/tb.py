@@ -65,9 +65,7 @@ def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
         for key, value in config[group].items():
             if f"{group}.{key}" in NOT_HPARAMS:
                 continue
-            name = f"{group}.{key}" if key != "_target_" else group
-            if isinstance(value, str) and key == "_target_":
-                value = value.rsplit(".", 1)[-1]
+            name = group if key == "name" else f"{group}.{key}"  # the class: optimizer: SGD
             chosen[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return chosen
 

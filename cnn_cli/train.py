@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, runtime, schema, tb
+from cnn_cli import checkpoint, data as data_mod, distributed, optim, runtime, schema, tb
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate
@@ -40,9 +39,6 @@ from cnn_cli.summary import format_table
 log = logging.getLogger(__name__)
 
 NO_VALIDATION = "last epoch (dataset.val_size=0: no validation split)"
-# Optimizer and scheduler configs name a class to instantiate; a config read back from a
-# shared checkpoint may only name a class of these modules.
-_TARGET_MODULES = {"optimizer": "torch.optim", "scheduler": "torch.optim.lr_scheduler"}
 
 
 @dataclass
@@ -161,8 +157,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
-    optimizer = _instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True), "optimizer", model.parameters())
-    scheduler, per_step = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
+    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     progress = Progress()
     if resumed is not None:
@@ -276,9 +272,8 @@ def train(job: Job) -> float:
                 progress.train_seconds += time.perf_counter() - started
                 if progress.batch >= steps_per_epoch:  # the epoch is complete
                     improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp, rank)
-                    if not per_step:  # ReduceLROnPlateau steps on the validation metric it watches
-                        monitor = cfg.scheduler.get("monitor")
-                        scheduler.step(*([progress.history[-1][monitor]] if monitor else []))
+                    if not per_step:
+                        optim.step_after_epoch(scheduler, cfg.scheduler, progress.history[-1])
                     if improved:  # best.pt first: a last.pt naming a best epoch always has its best.pt
                         save("best.pt")
                     save("last.pt")
@@ -410,48 +405,6 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
              rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
     return progress.best_acc if validated else math.nan
-
-
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-    """The configured torch scheduler, after an optional linear warm-up; returns it and
-    whether it steps every optimizer step (else every epoch). The run's length (T_max,
-    total_steps) is filled in here, since only the trainer knows the steps per epoch."""
-    options = OmegaConf.to_container(cfg, resolve=True)
-    interval = options.pop("interval", "epoch")
-    if interval not in ("epoch", "step"):
-        raise UserError(f"scheduler.interval={interval}: choose epoch or step")
-    per_step = interval == "step"
-    options.pop("monitor", None)  # ReduceLROnPlateau's metric, which the loop passes to its step()
-    warmup = options.pop("warmup_epochs", 0) * (steps_per_epoch if per_step else 1)
-    total = epochs * (steps_per_epoch if per_step else 1)
-    length_key = schema.LENGTH_KEYS.get(options["_target_"].rsplit(".", 1)[-1])
-    if length_key and options.get(length_key) is None:
-        options[length_key] = max(1, total - warmup)
-    main = _instantiate(options, "scheduler", optimizer)
-    if not warmup:
-        return main, per_step
-    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_step
-
-
-def _instantiate(options: dict[str, Any], key: str, *args: Any) -> Any:
-    """Build the torch.optim (or lr_scheduler) class a config names, and nothing else: a
-    config read back from a shared checkpoint must not be able to run code."""
-    target = str(options.get("_target_", ""))
-    module = _TARGET_MODULES[key]
-    if target.rsplit(".", 1)[0] != module or any(_names_a_target(v) for v in options.values()):
-        raise UserError(f"{key}._target_={target}: only a {module} class can be named here, with plain arguments")
-    try:
-        return instantiate(options)(*args)
-    except Exception as err:  # the constructor's own complaint, e.g. an invalid learning rate
-        raise UserError(f"{key}: cannot build {target}: {str(err).strip().splitlines()[-1]}") from None
-
-
-def _names_a_target(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "_target_" in value or any(_names_a_target(v) for v in value.values())
-    return isinstance(value, list) and any(_names_a_target(v) for v in value)
 
 
 # what may differ when a run is resumed: where and how visibly it runs, never what it computes

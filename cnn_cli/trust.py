@@ -9,7 +9,7 @@ group folders is read (as plain YAML, nothing resolved) and checked before Hydra
   the command line names, `+foo=bar`) set only their own group's keys; `experiment/` files only
   the training keys (model, dataset, ..., seed);
   `hparams_search/` files those and `hydra.sweeper` / `hydra.launcher` settings;
-- no `_target_`-style key, except an optimizer's or scheduler's torch.optim class;
+- no `_target_`-style key (an optimizer or scheduler names its torch.optim class: `name: SGD`);
 - a defaults list names configs of these groups (and the sweeper/launcher plugins), no
   other package; no file under `hydra/` or `schema/` (they would shadow Hydra's or ours).
 """
@@ -137,7 +137,7 @@ def _package(text: str) -> str | None:
 
 
 def _no_instantiation(path: Path, node: Any, key: str) -> None:
-    """No key that makes Hydra build an object, but an optimizer's or scheduler's own class."""
+    """No key that makes Hydra build an object (optimizers and schedulers are named, not imported)."""
     if isinstance(node, list):
         for i, item in enumerate(node):
             _no_instantiation(path, item, f"{key}[{i}]")
@@ -145,16 +145,10 @@ def _no_instantiation(path: Path, node: Any, key: str) -> None:
         return
     for name, value in node.items():
         full = f"{key}.{name}" if key else str(name)
-        if name in INSTANTIATE_KEYS and not _torch_optim_class(key, name, value):
-            raise UserError(f"{path}: key '{full}': a config from a file may not name Python code to run "
-                            "(only optimizer._target_ and scheduler._target_, as torch.optim classes)")
+        if name in INSTANTIATE_KEYS:
+            raise UserError(f"{path}: key '{full}': a config from a file may not name Python code to run (an "
+                            "optimizer or scheduler names its torch.optim class with name: SGD, name: StepLR)")
         _no_instantiation(path, value, full)
-
-
-def _torch_optim_class(parent: str, name: str, value: Any) -> bool:
-    if parent not in ("optimizer", "scheduler"):
-        return False
-    return name == "_partial_" or (name == "_target_" and isinstance(value, str) and value.startswith("torch.optim."))
 
 
 def _check_defaults(path: Path, group: str, defaults: Any) -> None:

