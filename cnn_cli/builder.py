@@ -319,7 +319,7 @@ class _Walk:
         n = len(shape) - 1
         if isinstance(module, _ADAPTIVE) and len(out) == len(shape):
             spans = [math.ceil(w / o) for w, o in zip(shape[1:], out[1:])]
-            stride = [w // o for w, o in zip(shape[1:], out[1:])]
+            stride = [max(1, w // o) for w, o in zip(shape[1:], out[1:])]  # an output larger than its input: 1
         elif isinstance(module, _WINDOWED):
             kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
             spans = [d * (k - 1) + 1 for k, d in zip(kernel, _tuple(getattr(module, "dilation", 1), n))]

@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from cnn_cli.builder import build_from_config, build_model
+from cnn_cli.errors import UserError
 
 MODELS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 # the dataset each shipped model is meant for (the others: CIFAR-sized random pictures)
@@ -165,3 +166,11 @@ def test_model_norm_swaps_the_normalisation_of_lenet5_bn(norm):
     shifts = norm in ("batchnorm", "groupnorm", "layernorm")
     assert (built.model[0].bias is None) == shifts and (built.model[9].bias is None) == shifts
     assert not built.warnings
+
+
+def test_an_adaptive_pool_larger_than_its_input_keeps_the_field_and_in_a_residual_is_one_line():
+    upsample = {"adaptiveavgpool2d": {"output_size": 8}}
+    built = build_model([conv(4, 3, padding=1), upsample, conv(4, 3, padding=1)], (1, 4, 4))
+    assert built.output_shape == (4, 8, 8) and built.receptive_field == (5, 5)
+    with pytest.raises(UserError, match="no 1x1 strided projection turns 4 x 4 x 4 into 4 x 8 x 8"):
+        build_model([conv(4, 3, padding=1), {"residual": {"layers": [upsample, conv(4, 3, padding=1)]}}], (1, 4, 4))
