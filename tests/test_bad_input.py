@@ -251,7 +251,7 @@ CASES: dict[str, Case] = {
         "model=lenet5_bn", "model.norm=batchnorm3d", expect=("model.norm=batchnorm3d", "'lenet5_bn' offers",
                                                             "batchnorm | groupnorm | layernorm | instancenorm | none")),
     "train_unknown_norm": train(
-        SAMPLE, "model=lenet5_bn", "model.norm=", expect=("model.norm=None", "batchnorm | groupnorm")),
+        SAMPLE, "model=lenet5_bn", "model.norm=", expect=("model.norm=: the model", "batchnorm | groupnorm")),
     "summary_mean_with_three_channels_for_grey_images": Case(
         "cnn-summary", ("dataset=mnist_sample", "dataset.mean=[0.5,0.5,0.5]"),
         ("dataset.mean", "one value per channel (1)", "got 3 and 1")),
