@@ -42,7 +42,7 @@ def test_help_starts_with_what_the_command_does_and_an_example(help_text: dict[s
 def test_train_help_lists_the_options_of_each_group(help_text: dict[str, str]) -> None:
     text = help_text["cnn-train"]
     shipped = ", ".join(sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
-    assert "lenet5, lenet5_bn" in shipped and f"model: {shipped}\n" in text
+    assert "lenet5, lenet5_1998, lenet5_bn" in shipped and f"model: {shipped}\n" in text
     for group in ("optimizer", "scheduler"):  # the shipped configs and every other torch.optim class by name
         line = next(line for line in text.splitlines() if line.startswith(f"{group}: "))
         shipped = {p.stem for p in (CONFIGS / group).glob("*.yaml")}
