@@ -142,8 +142,11 @@ def _parse(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
 
 
 def _lookup(name: str, at: str) -> LayerKind:
-    if name in CATALOGUE:
-        return CATALOGUE[name]
+    """A catalogue layer by name, also as PyTorch spells it (AdaptiveAvgPool2d) or with
+    underscores (adaptive_avg_pool2d), as timm normalises names; never an import path."""
+    key = name.lower().replace("_", "")
+    if key in CATALOGUE:
+        return CATALOGUE[key]
     known = sorted(CATALOGUE) + list(COMPOSITES)
     close = difflib.get_close_matches(name.lower(), known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "known layers: " + ", ".join(known)

@@ -169,10 +169,11 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str) -> Non
     model.load_state_dict(weights)
 
 
-# what every checkpoint holds, and of which type (read back before anything uses it)
-FORMAT: dict[str, type | tuple[type, ...]] = {
+# what every checkpoint holds (train.Run.state_dict writes it), and of which type: checked on
+# reading, before anything uses it
+FORMAT: dict[str, type] = {
     "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "progress": dict, "rng": dict,
-    "config": dict, "finished": bool}
+    "config": dict, "finished": bool, "versions": dict}
 
 
 def recorded_config(cfg: DictConfig) -> dict[str, Any]:

@@ -143,12 +143,12 @@ def _train(cfg: DictConfig) -> float:
         if _WRITES:
             rundir.claim(run_dir)  # a single run claimed it before Hydra wrote there; a sweep's job does here
         try:
-            job = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
+            run = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
         except REPORTED:
             if single and _WRITES:  # a sweep keeps each failed job's record
                 _discard_attempt(run_dir, hydra_cfg.output_subdir)
             raise
-        return train.train(job)
+        return train.train(run)
     finally:
         rundir.release(run_dir)  # the next job of a sweep may run in this process
 

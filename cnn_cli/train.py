@@ -84,26 +84,60 @@ class StopRequest:
 
 
 @dataclass
-class Job:
-    """Everything a run needs, checked and loaded before anything is written."""
+class Run:
+    """Everything a run needs and owns, checked and loaded before anything is written.
+    Its state_dict() is the checkpoint, and load_state_dict() continues from one."""
 
     cfg: DictConfig
+    record: dict[str, Any]  # the config as checkpoints and TensorBoard keep it (checkpoint.recorded_config)
     run_dir: Path
     device: torch.device
     precision: str
     model: nn.Module
+    forward: nn.Module  # the model as the steps call it: under DistributedDataParallel and torch.compile
     data: data_mod.Data
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_step: bool  # the scheduler steps every optimizer step, else every epoch
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
-    progress: Progress
-    resumed: bool
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
+    progress: Progress = field(default_factory=Progress)
+    resumed: bool = False
+
+    def state_dict(self, finished: bool = False) -> dict[str, Any]:
+        """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "progress": asdict(self.progress), "rng": _rng_state(), "config": self.record,
+                "finished": finished, "versions": _versions()}
+
+    def load_state_dict(self, state: dict[str, Any], key: str) -> None:
+        checkpoint.load_weights(self.model, state, key)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        _set_rng_state(state["rng"])
+        self.resumed = True
+
+    def save(self, name: str, finished: bool = False) -> None:
+        if self.rank.main:  # the other processes hold the same state
+            checkpoint.save(self.state_dict(finished), self.ckpt_dir / name)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return runtime.memory_format(self.cfg.trainer.channels_last, self.data.sample_rank)
+
+    def amp(self):
+        return runtime.autocast(self.device, self.precision)
 
 
-def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
+def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     """Check every input (config ranges, devices, checkpoints, the model's shapes, the data)
     and load it all; raises UserError, having written nothing, if anything is wrong."""
     resume = cfg.resume
@@ -133,14 +167,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
         logging.getLogger("cnn_cli").setLevel(logging.WARNING)
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
-    built = build_from_config(cfg)
-    log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
-    for warning in built.warnings:
-        log.warning(warning)
-    model = built.model.to(device)
-    if trainer.sync_bn and rank.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = runtime.to_memory_format(model, runtime.memory_format(trainer.channels_last, len(cfg.dataset.input_shape)))
+    model = _model(cfg, device, rank)
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
@@ -160,132 +187,69 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Job:
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
-    progress = Progress()
-    if resumed is not None:
-        checkpoint.load_weights(model, resumed, f"resume={resume}")
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        progress = Progress(**resumed["progress"])
-        _set_rng_state(resumed["rng"])
-        log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, progress.epoch + 1, progress.batch, progress.step)
-    elif init is not None:
-        log.info("initialised weights from %s", cfg.init_from)
-    return Job(cfg, run_dir, device, precision, model, data, optimizer, scheduler, per_step, scaler, steps_per_epoch,
-               progress, resumed is not None, rank)
-
-
-def train(job: Job) -> float:
-    """Train as the job says, in its run folder; returns the best validation accuracy (for
-    sweepers; NaN with no validation split, as nothing may be chosen on the test set)."""
-    cfg, run_dir, model, data, progress = job.cfg, job.run_dir, job.model, job.data, job.progress
-    optimizer, scheduler, per_step, scaler = job.optimizer, job.scheduler, job.per_step, job.scaler
-    trainer, steps_per_epoch, device, precision = cfg.trainer, job.steps_per_epoch, job.device, job.precision
-    resumed, rank = job.resumed, job.rank
     forward = model
     if rank.world > 1:  # gradients are averaged over the processes in backward()
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if trainer.compile:
         forward = torch.compile(forward)
-    amp = functools.partial(runtime.autocast, device, precision)
-    ckpt_dir = run_dir / "checkpoints"
-    config = checkpoint.recorded_config(cfg)
+    run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
+              scheduler, per_step, scaler, steps_per_epoch, rank)
+    if resumed is not None:
+        run.load_state_dict(resumed, f"resume={resume}")
+        log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
+                 run.progress.step)
+    elif init is not None:
+        log.info("initialised weights from %s", cfg.init_from)
+    return run
 
-    def save(name: str, finished: bool = False) -> None:
-        if rank.main:
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "progress": asdict(progress), "rng": _rng_state(), "config": config,
-                             "finished": finished, "versions": _versions()}, ckpt_dir / name)
 
+def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.Module:
+    """The network the config declares, its table logged, on the device in the memory format it trains in."""
+    built = build_from_config(cfg)
+    log.info("%s (%s)\n%s", cfg.model.name, cfg.dataset.name, format_table(built))
+    for warning in built.warnings:
+        log.warning(warning)
+    model = built.model.to(device)
+    if cfg.trainer.sync_bn and rank.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    rank_of_samples = len(cfg.dataset.input_shape)
+    return runtime.to_memory_format(model, runtime.memory_format(cfg.trainer.channels_last, rank_of_samples))
+
+
+def train(run: Run) -> float:
+    """Train as the run says, in its folder; returns the best validation accuracy (for
+    sweepers; NaN with no validation split, as nothing may be chosen on the test set)."""
+    trainer, progress, rank = run.cfg.trainer, run.progress, run.rank
     if rank.main:
-        checkpoint.remove_leftovers(ckpt_dir)
+        checkpoint.remove_leftovers(run.ckpt_dir)
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
-    writer = tb.open_writer(run_dir / "tb", purge_step=progress.step + 1 if resumed else None) if rank.main \
-        else _NoWriter()
+    writer = tb.open_writer(run.run_dir / "tb", purge_step=progress.step + 1 if run.resumed else None) \
+        if rank.main else _NoWriter()
     try:
-        if not resumed:
-            _log_graph(writer, model, data)
+        if not run.resumed:
+            _log_graph(writer, run.model, run.data)
             writer.add_custom_scalars(tb.CHARTS)
             if rank.main:
-                tb.start_session(writer, {**tb.flat_hparams(config), "data": data.name})
-        crop = cfg.dataset.augment.crop_padding
-        spatial_axes = len(cfg.dataset.input_shape) - 1
-        memory_format = runtime.memory_format(trainer.channels_last, spatial_axes + 1)
-        log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, steps_per_epoch,
+                tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
+        log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, run.steps_per_epoch,
                  trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
-                 precision)
-        drawing = rank.main and show_progress(trainer.progress)
-        model.train()
+                 run.precision)
+        run.model.train()
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
-                epoch = progress.epoch
-                plan = data_mod.epoch_plan(len(data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip,
-                                           spatial_axes)
-                batches = data_mod.train_batches(data, trainer.batch_size, plan, crop, progress.batch, steps_per_epoch,
-                                                 rank.index, rank.world)
-                bar = tqdm(batches, total=steps_per_epoch, initial=progress.batch,
-                           desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False,
-                           unit="batch", dynamic_ncols=True)
-                stopping = False
-                started = time.perf_counter()
-                for images, labels in bar:
-                    images = images.contiguous(memory_format=memory_format)
-                    with amp():
-                        logits = forward(images)
-                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
-                    # one sync per step, and under torchrun one sum over the processes, so that
-                    # all agree on the global batch's loss and on stopping
-                    loss_sum, correct, stops = distributed.sum_over_ranks(
-                        [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), stop.signum is not None],
-                        device)
-                    seen = len(labels) * rank.world
-                    if not math.isfinite(loss_sum):
-                        raise UserError(_diverged(loss_sum / seen, epoch, progress.step + 1, optimizer, ckpt_dir))
-                    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if trainer.grad_clip_norm:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if per_step:
-                        scheduler.step()
-                    progress.batch += 1
-                    progress.step += 1
-                    progress.seen += seen
-                    progress.loss_sum += loss_sum
-                    progress.correct += int(correct)
-                    if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
-                        writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
-                        writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
-                    if drawing:  # tqdm redraws at most 10 times a second
-                        elapsed = progress.train_seconds + time.perf_counter() - started
-                        bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
-                                        acc=f"{progress.correct / progress.seen:.4f}",
-                                        img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
-                    if stops:
-                        stopping = True
-                        break
-                bar.close()
-                progress.train_seconds += time.perf_counter() - started
-                if progress.batch >= steps_per_epoch:  # the epoch is complete
-                    improved = _end_epoch(cfg, model, data, progress, optimizer, writer, amp, rank)
-                    if not per_step:
-                        optim.step_after_epoch(scheduler, cfg.scheduler, progress.history[-1])
-                    if improved:  # best.pt first: a last.pt naming a best epoch always has its best.pt
-                        save("best.pt")
-                    save("last.pt")
-                if stopping:
-                    save("last.pt")
+                stopped = train_one_epoch(run, writer, stop)
+                if progress.batch >= run.steps_per_epoch:  # the epoch is complete
+                    end_epoch(run, writer)
+                if stopped:
+                    run.save("last.pt")
                     if rank.main:
                         log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
-                                    progress.epoch + 1, progress.step, ckpt_dir / "last.pt", shlex.quote(str(run_dir)))
+                                    progress.epoch + 1, progress.step, run.ckpt_dir / "last.pt",
+                                    shlex.quote(str(run.run_dir)))
                     raise SystemExit(128 + (stop.signum or signal.SIGTERM))
-            return _finish(cfg, model, data, progress, writer, amp, run_dir, save, rank)
+            return finish(run, writer)
     except OSError as err:
-        raise _events_not_written(err, run_dir) from None
+        raise _events_not_written(err, run.run_dir) from None
     finally:
         error = sys.exc_info()[1]
         failing = error is not None
@@ -295,7 +259,7 @@ def train(job: Job) -> float:
             writer.close()
         except OSError as err:  # a run already failing reports that first error
             if not failing:
-                raise _events_not_written(err, run_dir) from None
+                raise _events_not_written(err, run.run_dir) from None
         distributed.stop()
 
 
@@ -303,6 +267,65 @@ def show_progress(setting: bool | str) -> bool:
     """trainer.progress: true or false, or auto: bars only on a terminal, so that a log captured
     to a file gets the one line per epoch instead of thousands of bar redraws."""
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
+def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
+    """The rest of the epoch in progress, from its next batch; returns whether a stop was asked for."""
+    cfg, progress, rank, trainer = run.cfg, run.progress, run.rank, run.cfg.trainer
+    crop = cfg.dataset.augment.crop_padding
+    plan = data_mod.epoch_plan(len(run.data.train), cfg.seed, progress.epoch, crop, cfg.dataset.augment.flip,
+                               run.data.sample_rank - 1)
+    batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
+                                     rank.index, rank.world)
+    drawing = rank.main and show_progress(trainer.progress)
+    bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
+               desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    try:
+        for images, labels in bar:
+            images = images.contiguous(memory_format=run.memory_format)
+            with run.amp():
+                logits = run.forward(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
+            # one sync per step, and under torchrun one sum over the processes, so that
+            # all agree on the global batch's loss and on stopping
+            loss_sum, correct, stops = distributed.sum_over_ranks(
+                [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), stop.signum is not None],
+                run.device)
+            seen = len(labels) * rank.world
+            if not math.isfinite(loss_sum):
+                raise UserError(_diverged(loss_sum / seen, progress.epoch, progress.step + 1, run.optimizer,
+                                          run.ckpt_dir))
+            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            if trainer.grad_clip_norm:
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(run.model.parameters(), trainer.grad_clip_norm)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            if run.per_step:
+                run.scheduler.step()
+            progress.batch += 1
+            progress.step += 1
+            progress.seen += seen
+            progress.loss_sum += loss_sum
+            progress.correct += int(correct)
+            if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
+                writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
+                writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
+            if drawing:  # tqdm redraws at most 10 times a second
+                elapsed = progress.train_seconds + time.perf_counter() - started
+                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
+                                acc=f"{progress.correct / progress.seen:.4f}",
+                                img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            if stops:
+                return True
+        return False
+    finally:
+        bar.close()
+        progress.train_seconds += time.perf_counter() - started
 
 
 def _events_not_written(err: OSError, run_dir: Path) -> Exception:
@@ -330,21 +353,20 @@ def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimiz
             f"learning rate (optimizer.lr={lr / 10:g}) or trainer.grad_clip_norm=1")
 
 
-def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryWriter, amp,
-               rank: distributed.Rank) -> bool:
-    """Validate, log the epoch, reset its running sums; returns whether validation improved
-    (with no validation split, every epoch counts as the best so far: best.pt is the last)."""
-    trainer = cfg.trainer
+def end_epoch(run: Run, writer: SummaryWriter) -> None:
+    """Validate, log the epoch, step an epoch-wise schedule, save best.pt (if validation
+    improved; with no validation split every epoch is the best so far) and last.pt."""
+    cfg, progress, data, trainer = run.cfg, run.progress, run.data, run.cfg.trainer
     epoch = progress.epoch
     row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
-           "lr": optimizer.param_groups[0]["lr"], "img_per_s": progress.seen / progress.train_seconds,
+           "lr": run.optimizer.param_groups[0]["lr"], "img_per_s": progress.seen / progress.train_seconds,
            "epoch_seconds": progress.train_seconds}
     val_text, improved = "no validation", True
     if len(data.val):
         started = time.perf_counter()
-        distributed.share_buffers(model)
-        val = evaluate(model, data, data_mod.shard(data.val, rank.index, rank.world), trainer.eval_batch_size,
-                       trainer.limit_val_batches, amp, runtime.memory_format(trainer.channels_last, data.sample_rank))
+        distributed.share_buffers(run.model)
+        val = evaluate(run.model, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
+                       trainer.eval_batch_size, trainer.limit_val_batches, run.amp, run.memory_format)
         row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
         improved = val.accuracy > progress.best_acc
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
@@ -353,9 +375,9 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)
-    tb.add_picture(writer, functools.partial(tb.first_conv_filters, model), progress.step)
+    tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
     if trainer.log_histograms:
-        tb.write_histograms(writer, model, progress.step)
+        tb.write_histograms(writer, run.model, progress.step)
     log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | lr %.3g | %.0f img/s, %.1f s", epoch + 1, trainer.epochs,
              row["train_loss"], row["train_acc"], val_text, row["lr"], row["img_per_s"], row["epoch_seconds"])
     progress.history.append(row)
@@ -363,24 +385,25 @@ def _end_epoch(cfg, model, data, progress: Progress, optimizer, writer: SummaryW
     progress.loss_sum, progress.correct, progress.seen, progress.train_seconds = 0.0, 0, 0, 0.0
     if improved:
         progress.best_acc, progress.best_epoch = row.get("val_acc", -1.0), epoch + 1
-    return improved
+    if not run.per_step:
+        optim.step_after_epoch(run.scheduler, cfg.scheduler, row)
+    if improved:  # best.pt first: a last.pt naming a best epoch always has its best.pt
+        run.save("best.pt")
+    run.save("last.pt")
 
 
-def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, run_dir: Path, save,
-            rank: distributed.Rank) -> float:
+def finish(run: Run, writer: SummaryWriter) -> float:
     """Test the best checkpoint once, write metrics.json and hparams, print the summary."""
-    trainer = cfg.trainer
-    ckpt_dir = run_dir / "checkpoints"
-    if not distributed.same_weights(model):
+    cfg, progress, data, rank, run_dir = run.cfg, run.progress, run.data, run.rank, run.run_dir
+    if not distributed.same_weights(run.model):
         log.warning("the processes ended with different weights; rank 0's are saved")
     elif rank.world > 1:
         log.info("all %d processes hold identical weights", rank.world)
     distributed.barrier()  # rank 0 has written best.pt
-    best = copy.deepcopy(model)  # the model keeps its last weights for last.pt
-    best.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
+    best = copy.deepcopy(run.model)  # the model keeps its last weights for last.pt
+    best.load_state_dict(checkpoint.load(run.ckpt_dir / "best.pt")["model"])
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, trainer.eval_batch_size, None, amp,
-                    runtime.memory_format(trainer.channels_last, data.sample_rank))
+    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, None, run.amp, run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
@@ -389,15 +412,14 @@ def _finish(cfg, model, data, progress: Progress, writer: SummaryWriter, amp, ru
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
         two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
         tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
-        recorded = checkpoint.recorded_config(cfg)  # no value read from the environment
         tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
-                  "dataset": data.name, "model": recorded["model"]["name"],
-                  "params": sum(p.numel() for p in model.parameters()), "epochs": progress.epoch,
+                  "dataset": data.name, "model": run.record["model"]["name"],
+                  "params": sum(p.numel() for p in run.model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
-    save("last.pt", finished=True)
+    run.save("last.pt", finished=True)
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
         f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"

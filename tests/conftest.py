@@ -1,12 +1,41 @@
-"""Shared pytest setup: the markers and options these tests use."""
+"""Shared pytest setup: the markers and options these tests use, and the rule that only
+tests marked e2e start processes, so `pytest -m "not e2e and not slow"` is the fast tier."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: starts processes (cnn-train and friends, each paying torch's start-up); "
+                                       "the fast tier is -m 'not e2e'")
+    config.addinivalue_line("markers", "slow: in process, but a minute or more (every model in every export "
+                                        "format, the property test); the fast tier leaves it out too")
     config.addinivalue_line("markers", "wheel: builds and installs the wheel (about 10 s); deselect with -m 'not wheel'")
-    config.addinivalue_line("markers", "cli: runs the cnn-summary console script in subprocesses (torch start-up each)")
 
 
 def pytest_addoption(parser):
     parser.addoption("--stacks", type=int, default=24,
                      help="how many random layer stacks tests/test_property.py trains (default 24)")
     parser.addoption("--stacks-seed", type=int, default=0, help="which random stacks (default 0)")
+
+
+_POPEN = subprocess.Popen
+
+
+class _NoProcesses(subprocess.Popen):
+    def __init__(self, args, *rest, **kwargs):
+        raise AssertionError(f"this test starts a process ({args!r}): mark it @pytest.mark.e2e")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test not marked e2e may not start a process, nor may the fixtures set up for it
+    (a module-scoped training run included)."""
+    subprocess.Popen = _POPEN if item.get_closest_marker("e2e") else _NoProcesses
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    subprocess.Popen = _POPEN

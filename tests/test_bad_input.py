@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.cli
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 # one thread per process and no GPU: the cases run side by side on a small machine

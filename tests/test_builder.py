@@ -503,13 +503,24 @@ def test_repeat_and_residual_identity():
 # Safety: a config names catalogue layers, never import paths
 
 
-@pytest.mark.parametrize("name", ["torch.nn.Conv2d", "os.system", "_target_", "nn.ReLU", "Conv2d",
-                                  "__import__", "builtins.eval"])
+@pytest.mark.parametrize("name", ["torch.nn.Conv2d", "os.system", "_target_", "nn.ReLU", "__import__",
+                                  "builtins.eval"])
 def test_import_paths_are_not_layers(name):
     with pytest.raises(UserError, match=r"unknown layer"):
         build_model([name], (1, 4, 4))
     with pytest.raises(UserError, match=r"unknown layer"):
         build_model([{name: {"in_channels": 1, "out_channels": 1, "kernel_size": 1}}], (1, 4, 4))
+
+
+def test_layer_names_may_be_written_as_pytorch_spells_them_or_with_underscores():
+    spellings = [[{"Conv2d": {"out_channels": 2, "kernel_size": 3}}, "ReLU", {"adaptive_avg_pool2d": {"output_size": 1}},
+                  "Flatten", {"Linear": {"out_features": 3}}],
+                 [{"conv2d": {"out_channels": 2, "kernel_size": 3}}, "relu", {"adaptiveavgpool2d": {"output_size": 1}},
+                  "flatten", {"linear": {"out_features": 3}}]]
+    pytorch, ours = (build_model(layers, (1, 8, 8)) for layers in spellings)
+    assert [type(m) for m in pytorch.model] == [type(m) for m in ours.model]
+    assert list(pytorch.model.state_dict()) == list(ours.model.state_dict()) == [
+        "conv1.weight", "conv1.bias", "fc1.weight", "fc1.bias"]
 
 
 def test_target_key_inside_arguments_is_rejected():

@@ -473,6 +473,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.e2e
 def test_cli_missing_mnist_trains_on_the_fallback_sample(runs) -> None:
     tmp, proc = runs["fallback"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -484,6 +485,7 @@ def test_cli_missing_mnist_trains_on_the_fallback_sample(runs) -> None:
     assert metrics["steps"] == 2
 
 
+@pytest.mark.e2e
 def test_cli_missing_cifar_is_one_line_naming_folder_and_files(runs) -> None:
     tmp, proc = runs["cifar_missing"]
     line = one_error_line(proc)
@@ -493,6 +495,7 @@ def test_cli_missing_cifar_is_one_line_naming_folder_and_files(runs) -> None:
     assert not (tmp / "run" / "metrics.json").exists()
 
 
+@pytest.mark.e2e
 def test_cli_missing_mnist_without_fallback_is_one_line(runs) -> None:
     tmp, proc = runs["no_fallback"]
     line = one_error_line(proc)
@@ -501,6 +504,7 @@ def test_cli_missing_mnist_without_fallback_is_one_line(runs) -> None:
         assert name in line
 
 
+@pytest.mark.e2e
 def test_cli_truncated_mnist_file_is_one_line_naming_it(runs) -> None:
     tmp, proc = runs["truncated"]
     line = one_error_line(proc)
@@ -510,6 +514,7 @@ def test_cli_truncated_mnist_file_is_one_line_naming_it(runs) -> None:
         assert other not in line
 
 
+@pytest.mark.e2e
 def test_cli_root_that_is_a_file_is_one_line(runs) -> None:
     tmp, proc = runs["root_is_file"]
     line = one_error_line(proc)

@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from test_train import BIN, TINY, cnn
 
+pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
+
 STEPS = [*TINY, "trainer.epochs=1", "trainer.log_every_n_steps=1"]
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
+
 BIN = Path(sys.executable).parent
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TOOLS = ("cnn-train", "cnn-summary", "cnn-eval", "cnn-predict", "cnn-export")

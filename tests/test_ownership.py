@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from cnn_cli import checkpoint, rundir
 
-pytestmark = pytest.mark.cli
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CNN_CLI_FULL_ERROR")},

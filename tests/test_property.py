@@ -28,6 +28,8 @@ from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
 from cnn_cli.layers import CATALOGUE, COMPOSITES
 
+pytestmark = pytest.mark.slow  # dozens of real training runs, in process
+
 Spec = Any  # a layer spec as a config writes it: "relu" or {"conv1d": {...}}
 SHAPES = {1: [(2, 24), (5, 17), (1, 32)], 2: [(1, 12, 12), (3, 10, 9), (4, 8, 8)], 3: [(1, 6, 6, 6), (2, 5, 7, 6)]}
 
@@ -135,8 +137,8 @@ def test_a_stack_that_builds_trains_evaluates_checkpoints_and_folds(stack, tmp_p
             cfg = compose("train", overrides=overrides)
         cfg.model = OmegaConf.create({"name": "stack", "layers": layers})
         run = tmp_path / f"channels_last_{channels_last}"
-        job = train.prepare(cfg, run, [])
-        train.train(job)
+        prepared = train.prepare(cfg, run, [])
+        train.train(prepared)
 
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["steps"] == 2 and 0 <= metrics["best_val_acc"] <= 1 and 0 <= metrics["test_acc"] <= 1
@@ -144,7 +146,7 @@ def test_a_stack_that_builds_trains_evaluates_checkpoints_and_folds(stack, tmp_p
         rebuilt = build_from_config(OmegaConf.create(state["config"])).model
         rebuilt.load_state_dict(state["model"])
         rebuilt.eval()
-        model = job.model.eval()
+        model = prepared.model.eval()
         x = torch.randn(5, *shape)
         with torch.no_grad():
             expected = model(x)

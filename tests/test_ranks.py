@@ -174,6 +174,7 @@ def cnn(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     ("voxel_cnn3d", "[1,16,16,16]", {"filters/first_conv3d_middle_depth_slice", "test/misclassified_middle_depth_slice",
                                      "features/conv1", "features/conv2"}),
 ])
+@pytest.mark.e2e
 def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold(
         model: str, shape: str, pictures: set[str], tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -193,6 +194,7 @@ def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold
     assert report["fuse_bn"]["max_abs_logit_difference"] < 1e-4 and report["fuse_bn"]["same_predictions"]
 
 
+@pytest.mark.e2e
 def test_val_size_zero_trains_on_every_training_sample_and_keeps_the_last_epoch(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = cnn("cnn-train", "experiment=basic_motions", "trainer.epochs=3", f"hydra.run.dir={run}", cwd=tmp_path)

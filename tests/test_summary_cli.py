@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.cli
+pytestmark = pytest.mark.e2e
 
 SCRIPT = Path(sys.executable).parent / "cnn-summary"
 

@@ -13,6 +13,8 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from test_train import TINY, cnn
 
+pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
+
 SWEEP = [*TINY, "trainer.epochs=1"]
 
 

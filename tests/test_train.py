@@ -49,12 +49,14 @@ def run_dir(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.e2e
 def test_progress_auto_draws_no_bars_into_a_captured_log_but_one_line_per_epoch(run_dir: Path) -> None:
     output = (run_dir / "output.txt").read_text()
     assert "\r" not in output and "batch/s" not in output and "it/s" not in output
     assert re.findall(r"epoch (\d)/2  train loss", output) == ["1", "2"]
 
 
+@pytest.mark.e2e
 def test_run_folder_holds_checkpoints_metrics_log_and_config(run_dir: Path) -> None:
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "train.log", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
@@ -67,6 +69,7 @@ def test_run_folder_holds_checkpoints_metrics_log_and_config(run_dir: Path) -> N
     assert state["config"]["model"]["name"] == "lenet5_bn" and state["finished"]
 
 
+@pytest.mark.e2e
 def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None:
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"tensors": 0, "images": 0})
     events.Reload()
@@ -87,6 +90,7 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
     assert tags["graph"]
 
 
+@pytest.mark.e2e
 def test_feature_maps_of_every_conv_layer_for_two_test_images(run_dir: Path) -> None:
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
     events.Reload()
@@ -98,6 +102,7 @@ def test_feature_maps_of_every_conv_layer_for_two_test_images(run_dir: Path) -> 
     assert (conv2.width, conv2.height) == (2 * (8 * 30 + 2 + 4), 7 * 30 + 2)
 
 
+@pytest.mark.e2e
 def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_val(run_dir: Path) -> None:
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
@@ -116,6 +121,7 @@ def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_v
     assert charts["learning rate per step"] == ["lr"]
 
 
+@pytest.mark.e2e
 def test_cnn_eval_reproduces_the_test_accuracy_and_folds_batchnorm(run_dir: Path, tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     cnn("cnn-eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "fuse_bn=true", cwd=tmp_path)
@@ -126,6 +132,7 @@ def test_cnn_eval_reproduces_the_test_accuracy_and_folds_batchnorm(run_dir: Path
     assert report["fuse_bn"]["same_predictions"]
 
 
+@pytest.mark.e2e
 def test_init_from_starts_from_trained_weights(run_dir: Path, tmp_path: Path) -> None:
     source = run_dir / "checkpoints" / "best.pt"
     cnn("cnn-train", *TINY, "model=lenet5_bn", "trainer.epochs=1", "optimizer.lr=1e-9", "optimizer.weight_decay=0",
@@ -169,6 +176,7 @@ def test_folded_batchnorm_gives_the_same_outputs() -> None:
         assert torch.allclose(model(x), fused(x), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path: Path) -> None:
     args = [*TINY, "model=lenet5_bn", "trainer.epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=12"]
     cnn("cnn-train", *args, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
@@ -196,6 +204,7 @@ def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path
     assert drop_timing(a["history"]) == drop_timing(b["history"])
 
 
+@pytest.mark.e2e
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     proc = cnn("cnn-train", *TINY, "optimizer.lr=1e12", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
                cwd=tmp_path, check=False)
@@ -233,6 +242,7 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
 
 
+@pytest.mark.e2e
 def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: Path) -> None:
     # threshold 10 (relative, mode min) counts no epoch as an improvement, so with patience 0
     # ReduceLROnPlateau multiplies the rate by factor after every epoch's validation

@@ -106,6 +106,7 @@ def predicted(trained: Path, tmp_path_factory) -> tuple[subprocess.CompletedProc
     return proc, tmp, [str(n.relative_to(tmp)) for n in names]
 
 
+@pytest.mark.e2e
 def test_predict_gives_the_classes_cnn_eval_gives_for_the_same_images(trained: Path, predicted) -> None:
     proc, tmp, names = predicted
     model = load_trained(trained)
@@ -124,6 +125,7 @@ def test_predict_gives_the_classes_cnn_eval_gives_for_the_same_images(trained: P
         [f"digits.npy[{k}]" for k in range(len(PICKED))]  # folders sorted, recursively, then the next input
 
 
+@pytest.mark.e2e
 def test_predict_writes_csv_with_top_k_columns_and_lists_skipped_files(predicted) -> None:
     proc, tmp, names = predicted
     assert proc.returncode == 1, proc.stderr  # a file was skipped
@@ -139,6 +141,7 @@ def test_predict_writes_csv_with_top_k_columns_and_lists_skipped_files(predicted
     assert len(skipped) == 2 and "digits/damaged.png" in skipped[0] and "pickled.npy" in skipped[1]
 
 
+@pytest.mark.e2e
 def test_predict_notes_inputs_that_look_inverted_for_an_mnist_model(predicted) -> None:
     proc, _, _ = predicted
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
@@ -163,6 +166,7 @@ def test_predict_takes_a_npy_of_float_readings_for_a_1d_model(tmp_path: Path, mo
         [(f"series.npy[{i}]", c) for i, c in enumerate(expected)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_architecture_exports_and_verifies_in_every_format(arch: str, fmt: str, tmp_path: Path) -> None:
@@ -222,6 +226,7 @@ def readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.e2e
 def test_readme_onnxruntime_example_classifies_a_png_as_the_model_does(trained: Path, tmp_path: Path) -> None:
     """The README's minimal ONNX Runtime example, run as written on the file cnn-export wrote."""
     export = cnn("cnn-export", f"checkpoint={trained}", "format=onnx", "output=best.onnx", cwd=tmp_path)
@@ -267,6 +272,7 @@ BAD = [  # (what, tool, args, the error must match); "cli" ones run as commands,
 ]
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) -> None:
     from cnn_cli.predict import run_predict
 

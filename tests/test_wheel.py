@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.e2e, pytest.mark.wheel]
 
 REPO = Path(__file__).resolve().parents[1]
 
