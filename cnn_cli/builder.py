@@ -2,8 +2,9 @@
 
 The builder walks the layer list with one sample's shape, infers each layer's input size,
 checks conv and pool windows against the output-size formula, runs each layer on a tiny
-zero batch to learn its output shape, and records a table row: output size, weight size,
-parameters, multiply-accumulates.
+zero batch to learn its output shape, and records a table row: output size, receptive field,
+activation memory, weight size, parameters, multiply-accumulates. Two linear layers with
+nothing nonlinear between them are a warning: together they are one linear layer.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.pooling import _AvgPoolNd, _MaxPoolNd
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
 from cnn_cli.errors import UserError
 from cnn_cli.layers import CATALOGUE, COMPOSITES, LayerKind, Residual, Shape
 
 _WINDOWED = (_ConvNd, _MaxPoolNd, _AvgPoolNd)
+_ADAPTIVE = (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd)
+_LINEAR = (_ConvNd, nn.Linear)  # the layers whose weights a stack of them would multiply together
+# linear maps too (batchnorm is one at test time), so they do not separate two linear layers
+_TRANSPARENT = (_BatchNorm, _AvgPoolNd, _AdaptiveAvgPoolNd, nn.Flatten, _DropoutNd, nn.Identity)
+BYTES_PER_VALUE = 4  # float32 activations
 _AXES = {1: ("positions",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
 _RANKS = {1: "a flat vector", 2: "a C x L map", 3: "a C x H x W map", 4: "a C x D x H x W map"}
 # far beyond any real network, so that a config (or a shared checkpoint's) cannot make the
@@ -46,6 +54,8 @@ class Row:
     params: int = 0
     macs: int = 0  # multiply-accumulates per sample
     depth: int = 0  # nesting inside residual blocks
+    receptive_field: Shape | None = None  # input positions one output value sees, per spatial axis
+    memory: int = 0  # bytes of this layer's output per sample (float32)
 
 
 @dataclass
@@ -70,6 +80,12 @@ class BuiltModel:
     def macs(self) -> int:
         return sum(row.macs for row in self.rows)
 
+    @property
+    def memory(self) -> int:
+        """Bytes of the input and every layer's output for one sample (float32), as the lecture's
+        AlexNet and VGG tables count them: what a forward pass keeps for backward."""
+        return memory_bytes(self.input_shape) + sum(row.memory for row in self.rows)
+
 
 def fmt_shape(shape: Sequence[int]) -> str:
     return " x ".join(str(s) for s in shape)
@@ -85,8 +101,18 @@ def build_model(layers: Any, input_shape: Sequence[int], where: str = "model.lay
     return BuiltModel(model, tuple(input_shape), walk.rows, walk.warnings, walk.receptive_field)
 
 
+def check_norm(model: DictConfig) -> None:
+    """A model config with `norms` (lenet5_bn) lets model.norm choose one; any other choice
+    would surface as an interpolation error deep in its layers."""
+    norms = model.get("norms")
+    if isinstance(norms, DictConfig) and model.get("norm") not in norms:
+        raise UserError(f"model.norm={model.get('norm')}: the model '{model.get('name')}' offers "
+                        f"{' | '.join(map(str, norms))}")
+
+
 def build_from_config(cfg: DictConfig) -> BuiltModel:
     """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class."""
+    check_norm(cfg.model)
     built = build_model(cfg.model.layers, cfg.dataset.input_shape)
     classes = cfg.dataset.num_classes
     if built.output_shape != (classes,):
@@ -135,6 +161,10 @@ def _compact(values: Sequence[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
 
 
+# a conv or linear layer: its name, the module, the receptive field and jump at its input
+_Linear = tuple[str, nn.Module, "Shape | None", Shape]
+
+
 class _Walk:
     """State of one walk through a model config: the table so far and the receptive field."""
 
@@ -143,6 +173,9 @@ class _Walk:
         self.warnings: list[str] = []
         self.receptive_field: Shape | None = None
         self.jump: Shape | None = None
+        # the last conv or linear layer with only linear layers after it so far: (name, module,
+        # receptive field and jump at its input), to warn when the next one composes with it
+        self.linear: _Linear | None = None
         self.layers = 0  # built so far, against MAX_LAYERS
         self.params = 0  # against MAX_PARAMS
 
@@ -206,9 +239,11 @@ class _Walk:
         module = _construct(kind, kwargs, at, shape)
         self._check_window(module, shape, at)
         out = _propagate(module, shape, at)
+        field_in, jump_in = self._field_of(shape), self._jump_of(len(shape) - 1)
+        self._update_receptive_field(module, shape, out)
+        self._check_composition(module, (path, module, field_in, jump_in), self._field_of(out))
         self.rows.append(Row(path, _label(module, shape), out, _weight(module), _params(module),
-                             _macs(module, out), depth))
-        self._update_receptive_field(module, len(shape) - 1)
+                             _macs(module, out), depth, self._field_of(out), memory_bytes(out)))
         return module, out
 
     @staticmethod
@@ -281,17 +316,43 @@ class _Walk:
                     f"the last {ignored} input {_AXES[n][axis]} are ignored (input {fmt_shape(shape)})"
                 )
 
-    def _update_receptive_field(self, module: nn.Module, n: int) -> None:
-        """Each conv or pool adds (K - 1) x jump; each stride multiplies the jump."""
-        if not isinstance(module, _WINDOWED):
+    def _update_receptive_field(self, module: nn.Module, shape: Shape, out: Shape) -> None:
+        """r_out = r_in + (K - 1) x jump_in for each conv or pool (K spanning its dilation);
+        each stride multiplies the jump. An adaptive pool counts as the window it averages."""
+        n = len(shape) - 1
+        if isinstance(module, _ADAPTIVE) and len(out) == len(shape):
+            spans = [math.ceil(w / o) for w, o in zip(shape[1:], out[1:])]
+            stride = [max(1, w // o) for w, o in zip(shape[1:], out[1:])]  # an output larger than its input: 1
+        elif isinstance(module, _WINDOWED):
+            kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
+            spans = [d * (k - 1) + 1 for k, d in zip(kernel, _tuple(getattr(module, "dilation", 1), n))]
+        else:
             return
-        if self.receptive_field is None or len(self.receptive_field) != n:
-            self.receptive_field, self.jump = (1,) * n, (1,) * n
-        kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
-        dilation = _tuple(getattr(module, "dilation", 1), n)
-        spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        self.receptive_field, self.jump = self._field_of(shape), self._jump_of(n)
         self.receptive_field = tuple(r + (k - 1) * j for r, k, j in zip(self.receptive_field, spans, self.jump))
         self.jump = tuple(j * s for j, s in zip(self.jump, stride))
+
+    def _field_of(self, shape: Shape) -> Shape | None:
+        """The receptive field of a map of `shape` so far: 1 before any window; none for a flat vector."""
+        n = len(shape) - 1
+        if n < 1:
+            return None
+        return self.receptive_field if self.receptive_field is not None and len(self.receptive_field) == n else (1,) * n
+
+    def _jump_of(self, n: int) -> Shape:
+        return self.jump if self.jump is not None and len(self.jump) == n else (1,) * n
+
+    def _check_composition(self, module: nn.Module, here: _Linear, field_out: Shape | None) -> None:
+        """The lecture's point: a linear layer after a linear layer is one linear layer, so
+        the second adds parameters but no expressive power. Warn once per such pair."""
+        if isinstance(module, _TRANSPARENT):
+            return
+        if not isinstance(module, _LINEAR):
+            self.linear = None  # a nonlinearity (or max-pooling, or a per-sample norm) between them
+            return
+        if self.linear is not None:
+            self.warnings.append(_composition_warning(self.linear, here, field_out))
+        self.linear = here
 
     def _residual(self, args: dict[str, Any], shape: Shape, at: str, where: str, path: str,
                   depth: int) -> tuple[nn.Module, Shape]:
@@ -301,9 +362,11 @@ class _Walk:
         self.rows.append(header)
         body = nn.Sequential()
         n = len(shape) - 1
-        jump_before = self.jump if self.jump is not None and len(self.jump) == n else (1,) * n
+        jump_before = self._jump_of(n)
+        self.linear = None  # body(x) + x: a sum with the input is not a stack of the two layers
         out = self.add_all(body, Counter(), args["layers"], shape, where, path + ".body.", depth + 1)
-        header.shape = out
+        self.linear = None
+        header.shape, header.receptive_field = out, self._field_of(out)  # the body's, the larger path
         first = next(iter(body.children()))
         if getattr(first, "inplace", False):
             raise UserError(f"{where}[0]: an in-place {type(first).__name__.lower()} at the start of a residual body "
@@ -313,9 +376,34 @@ class _Walk:
             stride = tuple(a // b for a, b in zip(self.jump, jump_before))
         shortcut = nn.Identity() if out == shape else _projection(shape, out, at, stride)
         label = "+ shortcut (identity)" if out == shape else "+ shortcut (1x1 projection + norm)"
+        # the memory of the sum body(x) + shortcut(x), the block's output
         self.rows.append(Row(path + ".shortcut", label, out, _weight(shortcut), _params(shortcut),
-                             _macs(shortcut, out), depth + 1))
+                             _macs(shortcut, out), depth + 1, self._field_of(out), memory_bytes(out)))
         return Residual(body, shortcut), out
+
+
+def _composition_warning(first: _Linear, second: _Linear, field_out: Shape | None) -> str:
+    """'conv1 (5x5) and conv2 (5x5) compose into a single linear 9x9 convolution: ...'; the
+    combined kernel is the receptive field the pair spans, in steps of the first one's input."""
+    (name1, layer1, field_in, jump_in), (name2, layer2, _, _) = first, second
+    if isinstance(layer2, _ConvNd) and field_in and field_out:
+        combined = "x".join(str((b - a) // j + 1) for a, b, j in zip(field_in, field_out, jump_in))
+        what = f"a single linear {combined} convolution"
+    else:
+        what = "a single linear layer"
+    return (f"{name1} ({_kernel_text(layer1)}) and {name2} ({_kernel_text(layer2)}) compose into {what}: "
+            "add an activation between them (e.g. relu)")
+
+
+def _kernel_text(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"{layer.in_features} -> {layer.out_features}"
+    return "x".join(map(str, layer.kernel_size))
+
+
+def memory_bytes(shape: Shape) -> int:
+    """One float32 map of this shape, in bytes."""
+    return math.prod(shape) * BYTES_PER_VALUE
 
 
 def _check_types(kind: LayerKind, args: dict[str, Any], at: str) -> None:

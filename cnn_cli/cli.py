@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
+from cnn_cli.layers import CATALOGUE, COMPOSITES
 from cnn_cli import data, distributed, rundir, streams, sweep, trust
 from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
 from cnn_cli.summary import format_table
@@ -57,7 +59,15 @@ def _log_file(path: str) -> str:
 
 OmegaConf.register_new_resolver("cnn_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("cnn_hydra_subdir", _hydra_subdir, replace=True)
+def _layer_names() -> str:
+    """What cnn-summary --help lists: every layer a model config may name, wrapped."""
+    return textwrap.fill(", ".join([*sorted(CATALOGUE), *COMPOSITES]), width=96, initial_indent="  ",
+                         subsequent_indent="  ")
+
+
 OmegaConf.register_new_resolver("cnn_log_file", _log_file, replace=True)
+OmegaConf.register_new_resolver("cnn_layer_names", _layer_names, replace=True)
+OmegaConf.register_new_resolver("cnn_job_dir", sweep.job_folder, replace=True)
 
 
 def main(app: Callable[[], Any]) -> None:

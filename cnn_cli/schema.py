@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from cnn_cli import data, optim
+from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
 
@@ -40,7 +41,7 @@ class TrainerSchema:
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
-    progress: bool = MISSING
+    progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     sync_bn: bool = MISSING
 
@@ -176,6 +177,7 @@ def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
     type cannot rule out (counts below 1, fractions outside [0, 1), ...); the dataset's
     own checks are data.check's, which cnn-summary runs too."""
+    check_norm(cfg.model)
     _finite(cfg, "")
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
@@ -186,6 +188,8 @@ def check(cfg: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_val_batches", "num_threads"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
+    if not (isinstance(trainer.progress, bool) or trainer.progress == "auto"):
+        raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:

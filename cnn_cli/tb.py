@@ -1,4 +1,5 @@
-"""What a run shows in TensorBoard beyond scalars: hparams, filters, mistakes, histograms."""
+"""What a run shows in TensorBoard beyond scalars: hparams, filters, feature maps, mistakes,
+histograms, and the chart layout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.tensorboard import SummaryWriter
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from cnn_cli.data import normalize
@@ -26,6 +28,15 @@ log = logging.getLogger(__name__)
 NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "optimizer.differentiable",
                "optimizer.capturable", "scheduler._partial_", "scheduler.last_epoch", "trainer.progress",
                "trainer.log_every_n_steps", "trainer.log_histograms"}
+
+
+# TensorBoard's Custom Scalars page: train and val on one chart each, the schedule per step
+CHARTS = {"curves": {
+    "loss (train, val)": ["Multiline", ["train/loss", "val/loss"]],
+    "accuracy (train, val)": ["Multiline", ["train/acc", "val/acc"]],
+    "training loss per step": ["Multiline", ["train/loss_step"]],
+    "learning rate per step": ["Multiline", ["lr"]],
+}}
 
 
 def open_writer(folder: Path, purge_step: int | None) -> SummaryWriter:
@@ -48,6 +59,8 @@ def _quiet_tensorboard(previous: Callable[[Any], None]) -> Callable[[Any], None]
 def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
     """The chosen hyperparameters (of a recorded config) as flat key -> scalar, for the HParams tab."""
     chosen = {"model": config["model"]["name"], "dataset": config["dataset"]["name"], "seed": config["seed"]}
+    if "norm" in config["model"]:  # experiment=compare_norms: the one thing that differs
+        chosen["model.norm"] = str(config["model"]["norm"])
     for group in ("optimizer", "scheduler", "trainer"):
         for key, value in config[group].items():
             if f"{group}.{key}" in NOT_HPARAMS:
@@ -57,21 +70,37 @@ def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
-def write_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-    """hparams in the run's own event file: SummaryWriter.add_hparams would open a sub-run,
-    which splits one run in two in TensorBoard's run list."""
-    for summary in hparams_summary(hparams, metrics):
-        writer.file_writer.add_summary(summary)
+def start_session(writer: SummaryWriter, hparams: dict[str, Any]) -> None:
+    """The run's hparams, in its own event file (SummaryWriter.add_hparams would open a
+    sub-run, which splits one run in two in TensorBoard's run list). No experiment summary:
+    TensorBoard then builds the HParams table from every run of a sweep, the hyperparameters
+    that differ between them first, and shows those."""
+    _, session_start, _ = hparams_summary(hparams, {})
+    writer.file_writer.add_summary(session_start)
+
+
+def end_session(writer: SummaryWriter, metrics: dict[str, float], step: int, failed: bool = False) -> None:
+    """The final metrics, and the run's status: a failed job shows as failed in the HParams tab."""
+    _, _, session_end = hparams_summary({}, {})
+    if failed:
+        plugin_data = session_end.value[0].metadata.plugin_data
+        content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+        content.session_end_info.status = api_pb2.STATUS_FAILURE
+        plugin_data.content = content.SerializeToString()
+    writer.file_writer.add_summary(session_end)
     for key, value in metrics.items():
         writer.add_scalar(key, value, step)
 
 
-def add_picture(writer: SummaryWriter, draw: Callable[[], tuple[str, Tensor] | None], step: int) -> None:
-    """Log the picture `draw` makes (a tag and a C x H x W image, or None for nothing to show).
-    A picture is never worth a failed run: one that cannot be drawn is one warning."""
+Picture = tuple[str, Tensor]  # a tag and a C x H x W image
+
+
+def add_picture(writer: SummaryWriter, draw: Callable[[], Picture | list[Picture] | None], step: int) -> None:
+    """Log the picture (or pictures) `draw` makes; None: nothing to show. A picture is
+    never worth a failed run: one that cannot be drawn is one warning."""
     try:
-        picture = draw()
-        if picture is not None:
+        pictures = draw()
+        for picture in pictures if isinstance(pictures, list) else [pictures] * (pictures is not None):
             writer.add_image(*picture, step)
     except Exception as err:  # noqa: BLE001  whatever drawing trips on
         name = getattr(draw, "func", draw).__name__
@@ -104,6 +133,47 @@ def first_conv_filters(model: nn.Module) -> tuple[str, Tensor] | None:
     high = weight.amax(dim=(1, 2, 3), keepdim=True)
     weight = (weight - low) / (high - low).clamp_min(1e-8)  # each filter on its own 0..1 scale
     return tag, tile_grid(weight, nrow=int(np.ceil(np.sqrt(len(weight)))), pad_value=1.0)
+
+
+def feature_maps(model: nn.Module, samples: Tensor) -> list[Picture]:
+    """What every conv layer sees: its output for each of the samples (one forward pass), under
+    features/<layer>; each sample's channels as tiles of a grid, each tile on its own 0..1
+    scale, the samples' grids side by side. 1-D maps: channels down, positions across;
+    3-D maps: the middle depth slice."""
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, _ConvNd)}
+    outputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _in, out, name=name: outputs.__setitem__(name, out.detach()))
+             for name, m in convs.items()]
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            model.eval()(samples)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    pictures = []
+    for name, maps in outputs.items():
+        maps = maps.float().cpu()
+        if maps.dim() == 3:  # (N, C, L): one grey C x L strip per sample
+            maps = maps[:, None]
+        elif maps.dim() == 5:  # (N, C, D, H, W): its middle depth slice
+            maps = maps[:, :, maps.shape[2] // 2]
+        grids = [_channel_grid(sample) for sample in maps]
+        height = max(grid.shape[1] for grid in grids)
+        grids = [F.pad(grid, (0, 4, 0, height - grid.shape[1]), value=1.0) for grid in grids]
+        pictures.append((f"features/{name}", torch.cat(grids, dim=2)))
+    return pictures
+
+
+def _channel_grid(maps: Tensor) -> Tensor:
+    """C x H x W maps -> one grey grid image, each map on its own 0..1 scale, at least ~24 pixels tall."""
+    maps = maps[:, None]
+    maps = F.interpolate(maps, scale_factor=-(-24 // maps.shape[-2]), mode="nearest")
+    low = maps.amin(dim=(1, 2, 3), keepdim=True)
+    high = maps.amax(dim=(1, 2, 3), keepdim=True)
+    maps = (maps - low) / (high - low).clamp_min(1e-8)
+    return tile_grid(maps, nrow=int(np.ceil(np.sqrt(len(maps)))), pad_value=1.0)
 
 
 def mistakes_grid(samples: Tensor, predicted: Tensor, true: Tensor, classes: Sequence[str], mean: Tensor,

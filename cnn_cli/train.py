@@ -228,6 +228,9 @@ def train(run: Run) -> float:
     try:
         if not run.resumed:
             _log_graph(writer, run.model, run.data)
+            writer.add_custom_scalars(tb.CHARTS)
+            if rank.main:
+                tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
         log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, run.steps_per_epoch,
                  trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  run.precision)
@@ -248,13 +251,22 @@ def train(run: Run) -> float:
     except OSError as err:
         raise _events_not_written(err, run.run_dir) from None
     finally:
-        failing = sys.exc_info()[1] is not None
+        error = sys.exc_info()[1]
+        failing = error is not None
         try:
+            if rank.main and failing and not isinstance(error, (SystemExit, KeyboardInterrupt)):  # stopped: resumable
+                tb.end_session(writer, {}, progress.step, failed=True)
             writer.close()
         except OSError as err:  # a run already failing reports that first error
             if not failing:
                 raise _events_not_written(err, run.run_dir) from None
         distributed.stop()
+
+
+def show_progress(setting: bool | str) -> bool:
+    """trainer.progress: true or false, or auto: bars only on a terminal, so that a log captured
+    to a file gets the one line per epoch instead of thousands of bar redraws."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
 def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
@@ -265,9 +277,10 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
                                run.data.sample_rank - 1)
     batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
                                      rank.index, rank.world)
+    drawing = rank.main and show_progress(trainer.progress)
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
-               desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not (trainer.progress and rank.main),
-               leave=False, unit="batch", dynamic_ncols=True)
+               desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
+               dynamic_ncols=True)
     started = time.perf_counter()
     try:
         for images, labels in bar:
@@ -284,6 +297,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
             if not math.isfinite(loss_sum):
                 raise UserError(_diverged(loss_sum / seen, progress.epoch, progress.step + 1, run.optimizer,
                                           run.ckpt_dir))
+            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             if trainer.grad_clip_norm:
@@ -298,9 +312,10 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
             progress.seen += seen
             progress.loss_sum += loss_sum
             progress.correct += int(correct)
-            if progress.step % trainer.log_every_n_steps == 0:
+            if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
                 writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
-            if trainer.progress:  # tqdm redraws at most 10 times a second
+                writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
+            if drawing:  # tqdm redraws at most 10 times a second
                 elapsed = progress.train_seconds + time.perf_counter() - started
                 bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
                                 acc=f"{progress.correct / progress.seen:.4f}",
@@ -356,7 +371,7 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
         improved = val.accuracy > progress.best_acc
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
     for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
-                     ("val_acc", "val/acc"), ("lr", "lr"), ("img_per_s", "throughput/img_per_s"),
+                     ("val_acc", "val/acc"), ("img_per_s", "throughput/img_per_s"),
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)
@@ -395,10 +410,12 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     if rank.main:
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
-        tb.write_hparams(writer, {**tb.flat_hparams(run.record), "data": data.name},
-                         {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
+        two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
+        tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
+        tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
-                  "dataset": data.name, "model": run.record["model"]["name"], "epochs": progress.epoch,
+                  "dataset": data.name, "model": run.record["model"]["name"],
+                  "params": sum(p.numel() for p in run.model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
         if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out

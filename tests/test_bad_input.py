@@ -251,6 +251,8 @@ CASES: dict[str, Case] = {
     "plateau_without_a_validation_split": train(
         SAMPLE, "dataset.val_size=0", "scheduler=plateau",
         expect=("scheduler.monitor=val_loss", "dataset.val_size=0", "another scheduler")),
+    "progress_neither_auto_nor_a_switch": train(
+        SAMPLE, "trainer.progress=sometimes", expect=("trainer.progress=sometimes", "choose auto", "true or false")),
     "zero_grad_clip_norm": train(
         SAMPLE, "trainer.grad_clip_norm=0", expect=("trainer.grad_clip_norm=0", "must be > 0", "or null")),
     "warmup_longer_than_the_run": train(
@@ -261,6 +263,11 @@ CASES: dict[str, Case] = {
         expect=("scheduler.monitor=val_acc improves as it rises", "set scheduler.mode=max")),
     "mean_with_three_channels_for_grey_images": train(
         SAMPLE, "dataset.mean=[0.5,0.5,0.5]", expect=("dataset.mean", "one value per channel (1)", "got 3 and 1")),
+    "summary_unknown_norm": summary(
+        "model=lenet5_bn", "model.norm=batchnorm3d", expect=("model.norm=batchnorm3d", "'lenet5_bn' offers",
+                                                            "batchnorm | groupnorm | layernorm | instancenorm | none")),
+    "train_unknown_norm": train(
+        SAMPLE, "model=lenet5_bn", "model.norm=", expect=("model.norm=: the model", "batchnorm | groupnorm")),
     "summary_mean_with_three_channels_for_grey_images": Case(
         "cnn-summary", ("dataset=mnist_sample", "dataset.mean=[0.5,0.5,0.5]"),
         ("dataset.mean", "one value per channel (1)", "got 3 and 1")),

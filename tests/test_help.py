@@ -44,7 +44,7 @@ def test_help_starts_with_what_the_command_does_and_an_example(help_text: dict[s
 def test_train_help_lists_the_options_of_each_group(help_text: dict[str, str]) -> None:
     text = help_text["cnn-train"]
     shipped = ", ".join(sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
-    assert "lenet5, lenet5_bn" in shipped and f"model: {shipped}\n" in text
+    assert "lenet5, lenet5_1998, lenet5_bn" in shipped and f"model: {shipped}\n" in text
     for group in ("optimizer", "scheduler"):  # the shipped configs and every other torch.optim class by name
         line = next(line for line in text.splitlines() if line.startswith(f"{group}: "))
         shipped = {p.stem for p in (CONFIGS / group).glob("*.yaml")}
@@ -65,3 +65,12 @@ def test_predict_and_export_help_show_their_own_keys(help_text: dict[str, str]) 
     assert "format: onnx" in help_text["cnn-export"] and "fuse_bn: true" in help_text["cnn-export"]
     for tool in ("cnn-predict", "cnn-export"):
         assert "Configuration groups" not in help_text[tool] and "optimizer:" not in help_text[tool]
+
+
+def test_summary_help_lists_every_layer_a_config_may_use(help_text: dict[str, str]) -> None:
+    from cnn_cli.layers import CATALOGUE, COMPOSITES
+
+    text = help_text["cnn-summary"]
+    listed = text.split("Layers a model config may use", 1)[1].split("\n\n", 1)[0]
+    words = {word.strip(",") for word in listed.split(":", 1)[1].split()}
+    assert words == {*CATALOGUE, *COMPOSITES}

@@ -169,8 +169,10 @@ def cnn(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("model, shape, pictures", [
-    ("imu_cnn1d", "[1,256]", {"filters/first_conv1d_in_channels_x_taps", "test/misclassified_signals"}),
-    ("voxel_cnn3d", "[1,16,16,16]", {"filters/first_conv3d_middle_depth_slice", "test/misclassified_middle_depth_slice"}),
+    ("imu_cnn1d", "[1,256]", {"filters/first_conv1d_in_channels_x_taps", "test/misclassified_signals",
+                              "features/conv1", "features/conv2", "features/conv3"}),
+    ("voxel_cnn3d", "[1,16,16,16]", {"filters/first_conv3d_middle_depth_slice", "test/misclassified_middle_depth_slice",
+                                     "features/conv1", "features/conv2"}),
 ])
 @pytest.mark.e2e
 def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold(

@@ -57,6 +57,8 @@ def _cases(root: Path) -> dict[str, dict]:
         "vgg11_bn": {"args": ["model=vgg11_bn", "dataset=cifar10"]},
         "resnet20": {"args": ["model=resnet20", "dataset=cifar10"]},
         "stride_warning": {"args": ["model.layers.2.maxpool2d.kernel_size=3"]},
+        "alexnet": {"args": ["model=alexnet", "dataset=random", "dataset.input_shape=[3,227,227]"]},
+        "linear_stack": {"args": ["model.layers.1=identity", "model.layers.2=identity"]},
         "full_error": {"args": ["model.layers.1=relux"], "env": {"HYDRA_FULL_ERROR": "1"}},
         "config_dir": {"args": ["--config-dir", str(root / "my"), "model=tiny"]},
     }
@@ -93,7 +95,7 @@ def output_sizes(stdout: str) -> list[str]:
     """The Output Size column of the table, read by the header's column positions."""
     lines = stdout.splitlines()
     header = lines[0]
-    start, end = header.index("Output Size"), header.index("Weight Size")
+    start, end = header.index("Output Size"), header.index("RF")
     rows = [line for line in lines[2:] if line and not line.startswith("-")]
     sizes = []
     for line in rows:
@@ -113,6 +115,36 @@ def test_lenet5_table(runs):
     for weight in ("20 x 1 x 5 x 5", "50 x 20 x 5 x 5", "2450 x 500", "500 x 10"):
         assert weight in proc.stdout
     assert proc.stderr == ""
+
+
+def column(stdout: str, title: str, row: str) -> str:
+    """One cell of the table: the column under `title` (read by the header's positions) of the row named `row`."""
+    lines = stdout.splitlines()
+    header = lines[0]
+    start = header.index(title)
+    end = start + len(title)
+    while end < len(header) and header[end] == " ":  # a column runs to where the next title starts
+        end += 1
+    line = next(line for line in lines if line.split(" ", 1)[0] == row)
+    return line[start:end].strip()
+
+
+def test_alexnet_table_shows_receptive_field_and_memory(runs):
+    proc, _ = runs["alexnet"]
+    assert proc.returncode == 0, proc.stderr
+    assert output_sizes(proc.stdout)[:2] == ["3 x 227 x 227", "96 x 55 x 55"]
+    assert column(proc.stdout, "RF", "conv1") == "11x11"
+    assert column(proc.stdout, "RF", "pool1") == "19x19"  # 11 + (3 - 1) x 4
+    assert column(proc.stdout, "Memory KB", "conv1") == f"{96 * 55 * 55 * 4 / 1024:,.1f}"
+    assert "Activation memory per image: " in proc.stdout and proc.stderr == ""
+
+
+def test_two_convs_with_no_activation_warn_once_and_lenet5_does_not(runs):
+    proc, _ = runs["linear_stack"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("warning: conv1 (5x5) and conv2 (5x5) compose into a single linear 9x9 convolution: "
+                           "add an activation between them (e.g. relu)\n")
+    assert runs["lenet5"][0].stderr == ""
 
 
 def test_summary_writes_nothing_into_cwd(runs):

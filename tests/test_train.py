@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint, optim
@@ -39,9 +42,18 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def run_dir(tmp_path_factory) -> Path:
     """One tiny 2-epoch lenet5_bn run that several tests read."""
     tmp = tmp_path_factory.mktemp("train")
-    cnn("cnn-train", *TINY, "model=lenet5_bn", "trainer.epochs=2", "trainer.log_histograms=true",
-        f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    default_progress = [o for o in TINY if not o.startswith("trainer.progress=")]  # auto, its output captured
+    proc = cnn("cnn-train", *default_progress, "model=lenet5_bn", "trainer.epochs=2", "trainer.log_histograms=true",
+               f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    (tmp / "run" / "output.txt").write_text(proc.stdout + proc.stderr)
     return tmp / "run"
+
+
+@pytest.mark.e2e
+def test_progress_auto_draws_no_bars_into_a_captured_log_but_one_line_per_epoch(run_dir: Path) -> None:
+    output = (run_dir / "output.txt").read_text()
+    assert "\r" not in output and "batch/s" not in output and "it/s" not in output
+    assert re.findall(r"epoch (\d)/2  train loss", output) == ["1", "2"]
 
 
 @pytest.mark.e2e
@@ -76,6 +88,37 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
     assert not hparams & {"optimizer.foreach", "trainer.progress", "trainer.log_every_n_steps"}  # not what it learns
     assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
     assert tags["graph"]
+
+
+@pytest.mark.e2e
+def test_feature_maps_of_every_conv_layer_for_two_test_images(run_dir: Path) -> None:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {t for t in events.Tags()["images"] if t.startswith("features/")} == {"features/conv1", "features/conv2"}
+    conv1 = events.Images("features/conv1")[-1]
+    # 20 maps of 28 x 28 in a 5 x 4 grid (2 pixels between tiles), 4 pixels after it, two images side by side
+    assert (conv1.width, conv1.height) == (2 * (5 * 30 + 2 + 4), 4 * 30 + 2)
+    conv2 = events.Images("features/conv2")[-1]  # 50 maps of 14 x 14, shown at 28 x 28: an 8 x 7 grid
+    assert (conv2.width, conv2.height) == (2 * (8 * 30 + 2 + 4), 7 * 30 + 2)
+
+
+@pytest.mark.e2e
+def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_val(run_dir: Path) -> None:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    # trainer.log_every_n_steps=2 over 8 steps: the first step and every second
+    assert [e.step for e in events.Scalars("train/loss_step")] == [1, 2, 4, 6, 8]
+    lr = events.Scalars("lr")
+    assert [e.step for e in lr] == [1, 2, 4, 6, 8]
+    # the cosine schedule over the 8 steps from sgd's 0.05, each step's own rate
+    assert [e.value for e in lr] == pytest.approx([0.05 * (1 + math.cos(math.pi * (s - 1) / 8)) / 2
+                                                   for s in (1, 2, 4, 6, 8)], rel=1e-5)
+    config = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    charts = {chart.title: list(chart.multiline.tag) for category in layout_pb2.Layout.FromString(config).category
+              for chart in category.chart}
+    assert charts["loss (train, val)"] == ["train/loss", "val/loss"]
+    assert charts["accuracy (train, val)"] == ["train/acc", "val/acc"]
+    assert charts["learning rate per step"] == ["lr"]
 
 
 @pytest.mark.e2e

@@ -31,6 +31,8 @@ TINY = ["experiment=smoke", "model=lenet5_bn", "trainer.progress=false", "traine
 PICKED = [0, 150, 250, 350, 450, 550, 650, 750, 850, 950]  # sample test images of every class (sorted by class)
 CIFAR = ["dataset=random", "dataset.num_images=[2,64]"]
 DATASETS = {"lenet5": ["dataset=mnist_sample"], "lenet5_bn": ["dataset=mnist_sample"], "mlp": ["dataset=mnist_sample"],
+            "lenet5_1998": ["dataset=mnist_sample"],
+            "alexnet": ["dataset=random", "dataset.input_shape=[3,227,227]", "dataset.num_images=[2,4]"],
             "imu_cnn1d": ["dataset=basic_motions"],  # 1-D, float readings
             "voxel_cnn3d": ["dataset=random", "dataset.input_shape=[1,8,8,8]", "dataset.num_images=[2,64]"]}
 ARCHITECTURES = {path.stem: DATASETS.get(path.stem, CIFAR)
