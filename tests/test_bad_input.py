@@ -219,7 +219,8 @@ CASES: dict[str, Case] = {
     # ---- composing the config: unknown options and keys, wrong types, syntax
     "unknown_model_option": train(
         "model=lenet6",
-        expect=("model=lenet6: no such model config", "available: ", "lenet5, lenet5_bn", "resnet20", "--config-dir"),
+        expect=("model=lenet6: no such model config", "available: ", "lenet5, lenet5_1998, lenet5_bn", "resnet20",
+                "--config-dir"),
         reject=("hydra.run.dir",)),
     "misspelt_key": train(
         SAMPLE, "trainer.epoch=3", expect=("trainer.epoch: no such key", "did you mean trainer.epochs?")),

@@ -431,21 +431,8 @@ def _case_no_fallback(tmp: Path) -> list[str]:
     return ["dataset=mnist", f"dataset.root={tmp / 'nothing'}", "dataset.download=false", "dataset.fallback=false"]
 
 
-def _case_truncated(tmp: Path) -> list[str]:
-    folder = write_idx(tmp / "data" / "MNIST" / "raw")
-    images = folder / "train-images-idx3-ubyte"
-    content = images.read_bytes()
-    images.write_bytes(content[:len(content) // 2])
-    return ["dataset=mnist", f"dataset.root={tmp / 'data'}", "dataset.download=false", "dataset.val_size=60"]
-
-
-def _case_root_is_file(tmp: Path) -> list[str]:
-    (tmp / "afile").write_text("not a folder\n")
-    return ["dataset=mnist", f"dataset.root={tmp / 'afile'}", "dataset.download=false"]
-
-
-CASES = {"fallback": _case_fallback, "cifar_missing": _case_cifar_missing, "no_fallback": _case_no_fallback,
-         "truncated": _case_truncated, "root_is_file": _case_root_is_file}
+# (a truncated file and a root that is a file are cases of test_bad_input.py's catalogue)
+CASES = {"fallback": _case_fallback, "cifar_missing": _case_cifar_missing, "no_fallback": _case_no_fallback}
 
 
 @pytest.fixture(scope="module")
@@ -502,23 +489,6 @@ def test_cli_missing_mnist_without_fallback_is_one_line(runs) -> None:
     assert str(tmp / "nothing" / "MNIST" / "raw") in line
     for name in MNIST_FILES:
         assert name in line
-
-
-@pytest.mark.e2e
-def test_cli_truncated_mnist_file_is_one_line_naming_it(runs) -> None:
-    tmp, proc = runs["truncated"]
-    line = one_error_line(proc)
-    assert str(tmp / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte") in line
-    assert "truncated or corrupted" in line
-    for other in MNIST_FILES[1:]:
-        assert other not in line
-
-
-@pytest.mark.e2e
-def test_cli_root_that_is_a_file_is_one_line(runs) -> None:
-    tmp, proc = runs["root_is_file"]
-    line = one_error_line(proc)
-    assert str(tmp / "afile") in line and "is a file, not a folder" in line
 
 
 @pytest.mark.parametrize("override, message", [
