@@ -178,9 +178,13 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
                  "last epoch")
 
-    if trainer.batch_size > len(data.train):
-        raise UserError(f"trainer.batch_size={trainer.batch_size} is larger than the {len(data.train)} training images "
-                        f"of {data.name}; use at most trainer.batch_size={len(data.train)}")
+    if trainer.batch_size > len(data.train):  # e.g. a small folder of one's own images: each step takes them all
+        whole = len(data.train) - len(data.train) % rank.world
+        if not whole:
+            raise UserError(f"{data.name} has {len(data.train)} training samples, fewer than the {rank.world} processes")
+        log.warning("trainer.batch_size=%d is larger than the %d training samples of %s: using batches of %d (the "
+                    "checkpoint records that)", trainer.batch_size, len(data.train), data.name, whole)
+        trainer.batch_size = whole
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)

@@ -424,8 +424,6 @@ CASES: dict[str, Case] = {
     # ---- numbers that cannot be meant
     "infinite_learning_rate": train(SAMPLE, "optimizer.lr=inf", expect=("optimizer.lr=inf: must be a finite number",)),
     "nan_learning_rate": train(SAMPLE, "optimizer.lr=nan", expect=("optimizer.lr=nan: must be a finite number",)),
-    "batch_larger_than_the_dataset": train(
-        SAMPLE, "trainer.batch_size=100000", expect=("trainer.batch_size=100000 is larger than the 3500 training",)),
     # ---- data whose contents are wrong
     "labels_beyond_the_classes": train(
         "dataset=mnist", "dataset.root=data", "dataset.download=false", setup=_labels_beyond_classes,

@@ -327,6 +327,18 @@ def test_a_checkpoint_config_of_the_target_era_resumes_as_named_classes() -> Non
     assert old["optimizer"]["_target_"] == "torch.optim.SGD"  # the checkpoint's own dict is left as it was
 
 
+def test_a_batch_larger_than_the_training_set_takes_the_whole_set_and_says_so(tmp_path: Path, caplog) -> None:
+    from cnn_cli import train
+
+    cfg = _composed("dataset=mnist_sample", "trainer.batch_size=100000", "trainer.device=cpu")
+    with caplog.at_level("WARNING", logger="cnn_cli"):
+        run = train.prepare(cfg, tmp_path / "run", [])
+    assert "trainer.batch_size=100000 is larger than the 3500 training samples of mnist_sample: using batches of " \
+           "3500" in caplog.text
+    assert run.steps_per_epoch == 1 and run.record["trainer"]["batch_size"] == 3500
+    assert not (tmp_path / "run").exists()  # preparing writes nothing
+
+
 def test_resume_accepts_only_overrides_that_keep_the_run_exact() -> None:
     from cnn_cli.errors import UserError
     from cnn_cli.train import _resumed_config
