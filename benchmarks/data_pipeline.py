@@ -59,11 +59,13 @@ def main(overrides: list[str]) -> None:
     loss.item()
     steps_per_s = (steps - 10) / (time.perf_counter() - started)
 
-    print(f"dataset              {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) on {device}")
+    sizes = f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
+    print(f"dataset              {data.name} ({sizes}) on {device}")
     print(f"load into tensors    {load_seconds:.2f} s")
     print(f"tensors held         {held / 2**20:.1f} MiB; peak RSS grew {rss_loaded - rss_before:.0f} MiB while loading "
           f"(process peak {peak_rss_mb():.0f} MiB, most of it torch itself)")
-    print(f"batch iterator       {batches_per_s:,.0f} batches/s of {batch_size} (crop {aug.crop_padding}, flip {aug.flip})")
+    print(f"batch iterator       {batches_per_s:,.0f} batches/s of {batch_size} "
+          f"(crop {aug.crop_padding}, flip {aug.flip})")
     print(f"training step rate   {steps_per_s:,.1f} steps/s ({cfg.model.name}, batch {batch_size})")
     print(f"iterator / steps     {batches_per_s / steps_per_s:,.0f}x")
 

@@ -149,7 +149,8 @@ def main() -> None:
             t = time.perf_counter()
             imagefolder.open_cache(cfg, listing)
             results[f"decode_img_per_s_{workers}_workers"] = len(listing.files) / (time.perf_counter() - t)
-            print(f"decode, {workers} worker(s): {results[f'decode_img_per_s_{workers}_workers']:,.0f} img/s", flush=True)
+            rate = results[f"decode_img_per_s_{workers}_workers"]
+            print(f"decode, {workers} worker(s): {rate:,.0f} img/s", flush=True)
         cache = work / "cache"
         results["cnn_train_first_run"] = cnn_run(args.tree, cache, work, "first", args)
         print("first run", results["cnn_train_first_run"], flush=True)

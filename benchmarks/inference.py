@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnxruntime
 import torch
 from hydra import compose, initialize_config_module

@@ -22,7 +22,8 @@ from cnn_cli.builder import build_from_config
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
 # (model config, one sample's shape, the channels-last format for its batches)
 CASES = [("resnet20", [3, 32, 32], torch.channels_last), ("voxel_cnn3d", [1, 16, 16, 16], torch.channels_last_3d),
-         ("voxel_cnn3d", [1, 32, 32, 32], torch.channels_last_3d), ("voxel_cnn3d", [4, 32, 32, 32], torch.channels_last_3d)]
+         ("voxel_cnn3d", [1, 32, 32, 32], torch.channels_last_3d),
+         ("voxel_cnn3d", [4, 32, 32, 32], torch.channels_last_3d)]
 
 
 def img_per_s(model_name: str, shape: list[int], fmt: torch.memory_format, args: argparse.Namespace) -> float:

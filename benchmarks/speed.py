@@ -2,7 +2,8 @@
 (c) the data pipeline of pytorch/examples mnist/main.py, side by side, same machine, same
 LeNet-5, batch 128, SGD, full MNIST, float32.
 
-    python benchmarks/speed.py --root ../shared/data [--device cpu] [--epochs 3] [--batches 200] [-- cnn-train overrides]
+    python benchmarks/speed.py --root ../shared/data [--device cpu] [--epochs 3] [--batches 200]
+                               [-- cnn-train overrides]
 
 Each contender runs in its own process, so peak RSS and start-up are its own. Throughput
 is images/s over the epochs after the first (the first warms up kernels and allocators).

@@ -201,7 +201,8 @@ class _Walk:
                 times, inner = self._repeat_args(args, at)
                 for r in range(times):
                     rep_note = f", repeat {r + 1} of {times}" if times > 1 else note
-                    shape = self.add_all(seq, counters, inner, shape, f"{where}[{i}].repeat.layers", path, depth, rep_note)
+                    shape = self.add_all(seq, counters, inner, shape, f"{where}[{i}].repeat.layers", path, depth,
+                                         rep_note)
                 continue
             if name == "residual":
                 prefix = "res"

@@ -125,7 +125,8 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
     """Read a checkpoint on the CPU, refusing anything that is not plain data."""
     p = resolve(path, key, prefer)
     if not zipfile.is_zipfile(p):  # every torch.save since PyTorch 1.6 writes a zip archive
-        raise UserError(f"{key}={path}: {p} is not a readable checkpoint (empty, truncated, or not a cnn-cli checkpoint)")
+        raise UserError(f"{key}={path}: {p} is not a readable checkpoint (empty, truncated, or not a cnn-cli "
+                        "checkpoint)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -161,7 +162,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str) -> Non
     mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
                   if k in weights and weights[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        parts = [f"missing {', '.join(missing[:5])}" * bool(missing), f"unexpected {', '.join(unexpected[:5])}" * bool(unexpected),
+        parts = [f"missing {', '.join(missing[:5])}" * bool(missing),
+                 f"unexpected {', '.join(unexpected[:5])}" * bool(unexpected),
                  f"shape mismatch {', '.join(mismatched[:5])}" * bool(mismatched)]
         arch = state.get("config", {}).get("model", {}).get("name", "?")
         raise UserError(f"{key}: its weights (model '{arch}') do not fit this model: "

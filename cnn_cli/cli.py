@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
 from cnn_cli import data, distributed, rundir, streams, sweep, trust
-from cnn_cli.errors import EXIT_BAD_INPUT, REPORTED, Refused, TRACEBACK_ENV, UserError, describe, report_user_errors, want_traceback
+from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
+                            want_traceback)
 from cnn_cli.summary import format_table
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
@@ -180,7 +181,8 @@ def _eval(cfg: DictConfig) -> None:
 
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt (or a run folder)")
+        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt (or a run "
+                        "folder)")
     report = run_eval(cfg)
     print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
 

@@ -141,7 +141,8 @@ def check(cfg: DictConfig) -> None:
     if cfg.num_classes < 2:
         raise UserError(f"dataset.num_classes={cfg.num_classes} must be >= 2")
     if len(cfg.classes) != cfg.num_classes:
-        raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is {cfg.num_classes}")
+        raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is "
+                        f"{cfg.num_classes}")
     if cfg.source != IMAGEFOLDER and (isinstance(cfg.val_size, bool) or not isinstance(cfg.val_size, int)):
         raise UserError(f"dataset.val_size={cfg.val_size} must be a count of images (fractions: dataset=imagefolder)")
     if cfg.val_size < 0:
@@ -189,10 +190,12 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
                         f"{', '.join([*SOURCES, *BUNDLED, RANDOM, IMAGEFOLDER])}")
     cls = _source(cfg.source)
     if not cfg.root:
-        raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. dataset.root=data")
+        raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. "
+                        "dataset.root=data")
     root = Path(cfg.root).expanduser()
     if root.exists() and not root.is_dir():
-        raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds {cfg.source}/")
+        raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds "
+                        f"{cfg.source}/")
     try:
         train, test = _open(cls, root, cfg.download)
     except _Missing as missing:

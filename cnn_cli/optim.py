@@ -84,7 +84,8 @@ def _check_keys(group: str, cls: type, cfg: DictConfig, ours: list[str] = ()) ->
                             f"{group}={cls.__name__.lower()} rather than {group}.name ({cls.__name__} takes: "
                             f"{', '.join(accepted)})")
     length = LENGTH_KEYS.get(cls.__name__)
-    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in cfg and p.name != length]
+    missing = [p.name for p in params
+               if p.default is inspect.Parameter.empty and p.name not in cfg and p.name != length]
     if missing:
         raise UserError(f"{group}.{missing[0]} must be given for {cls.__name__}, e.g. +{group}.{missing[0]}=VALUE")
 
@@ -98,8 +99,9 @@ def _check_monitor(scheduler: DictConfig) -> None:
     if monitor not in MONITORED:
         raise UserError(f"scheduler.monitor={monitor}: choose {' or '.join(MONITORED)}")
     if scheduler.mode != MONITORED[monitor]:
-        raise UserError(f"scheduler.monitor={monitor} improves as it {'falls' if MONITORED[monitor] == 'min' else 'rises'}"
-                        f": set scheduler.mode={MONITORED[monitor]}")
+        direction = "falls" if MONITORED[monitor] == "min" else "rises"
+        raise UserError(f"scheduler.monitor={monitor} improves as it {direction}: "
+                        f"set scheduler.mode={MONITORED[monitor]}")
     if scheduler.interval != "epoch":
         raise UserError(f"scheduler.interval={scheduler.interval}: ReduceLROnPlateau steps once per epoch, on the "
                         "validation metric; use scheduler.interval=epoch")

@@ -86,8 +86,8 @@ def report(sweep_dir: Path) -> int:
         else:
             failed += 1
             error = job / ERROR_FILE
-            rows.append((str(job_number(job)), what, None, "", "FAILED: " + (error.read_text().strip() if error.is_file() else
-                                                                 "no result; see its train.log"), ""))
+            reason = error.read_text().strip() if error.is_file() else "no result; see its train.log"
+            rows.append((str(job_number(job)), what, None, "", f"FAILED: {reason}", ""))
     # best validation accuracy first; then the jobs with no validation split; the failed last
     rows.sort(key=lambda r: (r[4].startswith("FAILED"), r[2] is None, -(r[2] or 0), int(r[0])))
     width = max([len(r[1]) for r in rows] + [9])

@@ -181,7 +181,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     if trainer.batch_size > len(data.train):  # e.g. a small folder of one's own images: each step takes them all
         whole = len(data.train) - len(data.train) % rank.world
         if not whole:
-            raise UserError(f"{data.name} has {len(data.train)} training samples, fewer than the {rank.world} processes")
+            raise UserError(f"{data.name} has {len(data.train)} training samples, fewer than the {rank.world} "
+                            "processes")
         log.warning("trainer.batch_size=%d is larger than the %d training samples of %s: using batches of %d (the "
                     "checkpoint records that)", trainer.batch_size, len(data.train), data.name, whole)
         trainer.batch_size = whole
@@ -193,7 +194,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     forward = model
     if rank.world > 1:  # gradients are averaged over the processes in backward()
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = nn.parallel.DistributedDataParallel(model,
+                                                      device_ids=[device.index] if device.type == "cuda" else None)
     if trainer.compile:
         forward = torch.compile(forward)
     run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
@@ -236,7 +238,8 @@ def train(run: Run) -> float:
             if rank.main:
                 tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
         log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, run.steps_per_epoch,
-                 trainer.batch_size, f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
+                 trainer.batch_size,
+                 f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  run.precision)
         run.model.train()
         with StopRequest() as stop:
@@ -362,7 +365,8 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
     improved; with no validation split every epoch is the best so far) and last.pt."""
     cfg, progress, data, trainer = run.cfg, run.progress, run.data, run.cfg.trainer
     epoch = progress.epoch
-    row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen, "train_acc": progress.correct / progress.seen,
+    row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen,
+           "train_acc": progress.correct / progress.seen,
            "lr": run.optimizer.param_groups[0]["lr"], "img_per_s": progress.seen / progress.train_seconds,
            "epoch_seconds": progress.train_seconds}
     val_text, improved = "no validation", True
