@@ -100,7 +100,6 @@ class EvalSchema:
     batch_size: Optional[int] = MISSING
 
 
-
 @dataclass
 class PredictSchema:
     checkpoint: str = MISSING
@@ -120,6 +119,7 @@ class ExportSchema:
     preprocess: bool = MISSING
     opset: Optional[int] = MISSING
     root: Optional[str] = MISSING
+
 
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -164,8 +164,8 @@ def register() -> None:
         for name, cls in classes.items():  # every torch.optim class, for configs of your own too
             node = signature_schema(cls, extra(cls))
             cs.store(group=f"schema/{group}", name=name, node=node)
-            if name not in shipped:  # optimizer=radam, scheduler=exponentiallr: PyTorch's defaults
-                cs.store(group=group, name=name.lower(), node=node)
+            if name not in shipped:  # optimizer=radam, scheduler=exponentiallr: the schema, PyTorch's defaults
+                cs.store(group=group, name=name.lower(), node={"defaults": [f"/schema/{group}/{name}@_here_"]})
 
 
 def _scheduler_keys(cls: type) -> list[tuple[str, Any, Any]]:

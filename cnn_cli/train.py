@@ -288,10 +288,11 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
+    memory_format = run.memory_format  # looked up once, not at every step
     started = time.perf_counter()
     try:
         for images, labels in bar:
-            images = images.contiguous(memory_format=run.memory_format)
+            images = images.contiguous(memory_format=memory_format)
             with run.amp():
                 logits = run.forward(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)

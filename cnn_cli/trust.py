@@ -17,6 +17,7 @@ group folders is read (as plain YAML, nothing resolved) and checked before Hydra
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ import yaml
 from omegaconf._utils import get_yaml_loader
 
 from cnn_cli.errors import UserError
+from cnn_cli.schema import TrainSchema
 
-TRAINING_KEYS = ("model", "dataset", "optimizer", "scheduler", "trainer", "seed", "init_from")
+# what an experiment may set: the training config's keys, but resume (a run to continue is the user's own choice)
+TRAINING_KEYS = tuple(f.name for f in fields(TrainSchema) if f.name != "resume")
 OWN_PACKAGE_GROUPS = ("model", "dataset", "trainer", "optimizer", "scheduler")
 GLOBAL_GROUPS = ("experiment", "hparams_search")
 SHADOWING = ("hydra", "schema")  # folders that would replace Hydra's own configs or our schemas
