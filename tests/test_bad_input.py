@@ -21,7 +21,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,33 +29,17 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from helpers import BIN, MNIST_FILES, NO_GPU, ONE_THREAD, TINY, cnn, one_error_line, write_idx
+
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 # one thread per process and no GPU: the cases run side by side on a small machine
-ENV = {**{k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "CNN_CLI_FULL_ERROR")},
-       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-TINY = ["dataset=mnist_sample", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.progress=false"]
+ENV = {**ONE_THREAD, **NO_GPU}
 SAMPLE = "dataset=mnist_sample"  # every cnn-train case that is not about data: nothing is downloaded
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads any folder, chmod 000 or not
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte"]
 
 
 # ------------------------------------------------------------------------- what a case sets up
-
-
-def write_idx(folder: Path, n_train: int = 300, n_test: int = 50) -> Path:
-    """The four uncompressed IDX files torchvision's MNIST family reads from <root>/<Class>/raw/."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return folder
 
 
 def _finished_run(cwd: Path, fx: dict[str, Path]) -> None:
@@ -512,11 +495,11 @@ def _run_case(case: Case, cwd: Path, fx: dict[str, Path]) -> Result:
     if case.setup:
         case.setup(cwd, fx)
     before, hashes_before = snapshot(cwd), hashes(cwd)
-    command = [str(BIN / case.tool), *case.args]
     try:
-        proc = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=240)
+        proc = cnn(case.tool, *case.args, cwd=cwd, env=ENV, check=False, timeout=240)
     except subprocess.TimeoutExpired as err:  # one hung case fails alone
-        proc = subprocess.CompletedProcess(command, None, str(err.stdout or ""), f"timed out after 240 s\n{err.stderr or ''}")
+        proc = subprocess.CompletedProcess(err.cmd, None, str(err.stdout or ""),
+                                           f"timed out after {err.timeout} s\n{err.stderr or ''}")
     return Result(proc, before, snapshot(cwd), hashes_before, hashes(cwd))
 
 
@@ -534,18 +517,16 @@ def _make_unfinished(run: Path, dest: Path) -> None:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, Result]:
     for tool in ("cnn-train", "cnn-eval", "cnn-summary"):
-        assert (BIN / tool).exists(), f"console script {tool} not installed next to {sys.executable}"
+        assert (BIN / tool).exists(), f"console script {tool} not installed in {BIN}"
     root = tmp_path_factory.mktemp("bad_input")
     fx = {"run": root / "fixtures" / "run", "unfinished": root / "fixtures" / "unfinished"}
     todo = {name: case for name, case in CASES.items() if name not in SKIP}
     with ThreadPoolExecutor(max_workers=3) as pool:
         # the training run first: the cases that need its checkpoints wait for it, the others do not
-        training = pool.submit(subprocess.run, [str(BIN / "cnn-train"), *TINY, f"hydra.run.dir={fx['run']}"],
-                               cwd=root, env=ENV, capture_output=True, text=True, timeout=240)
+        training = pool.submit(cnn, "cnn-train", *TINY, f"hydra.run.dir={fx['run']}", cwd=root, env=ENV, timeout=240)
         futures: dict[str, Future] = {name: pool.submit(_run_case, case, root / "cases" / name, fx)
                                       for name, case in todo.items() if not case.needs_run}
-        proc = training.result()
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        training.result()  # cnn() asserts it succeeded
         assert (fx["run"] / "checkpoints" / "best.pt").is_file()
         _make_unfinished(fx["run"], fx["unfinished"])
         futures.update({name: pool.submit(_run_case, case, root / "cases" / name, fx)
@@ -568,14 +549,8 @@ def _params():
 @pytest.mark.parametrize("name", list(_params()))
 def test_bad_input_is_one_line_with_the_fix_and_writes_nothing(results: dict[str, Result], name: str) -> None:
     case, result = CASES[name], results[name]
-    proc = result.proc
-    print(f"{case.tool} {' '.join(case.args)}\n{proc.stderr}")  # shown with -rP: the catalogue of messages
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-4000:]
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line[len("error: "):].strip(), line
+    print(f"{case.tool} {' '.join(case.args)}\n{result.proc.stderr}")  # shown with -rP: the catalogue of messages
+    line = one_error_line(result.proc)
     for part in case.expect:
         assert part in line, (part, line)
     for part in case.reject:

@@ -11,12 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import struct
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +24,10 @@ from torchvision import datasets
 import cnn_cli.cli  # noqa: F401  registers the cnn_run_dir / cnn_hydra_subdir resolvers train.yaml uses
 from cnn_cli import data
 from cnn_cli.errors import UserError
+from helpers import MNIST_FILES, cnn, mnist_images, one_error_line, tiny, write_idx
 
-SCRIPT = Path(sys.executable).parent / "cnn-train"
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte"]
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-N_TRAIN, N_TEST, VAL = 300, 50, 60
+N_TRAIN, N_TEST, VAL = 300, 50, 60  # write_idx's default sizes, and a validation split
 
 
 # ------------------------------------------------------------------------- helpers
@@ -44,31 +38,9 @@ def compose_dataset(*overrides: str):
         return compose("train", overrides=list(overrides)).dataset
 
 
-def mnist_images(n: int, test: bool) -> np.ndarray:
-    """(n, 28, 28) uint8; pixel [0,0] and [0,1] hold the index, [0,2] says train (0) or test (1)."""
-    idx = np.arange(n)
-    images = ((idx[:, None, None] * 7 + np.arange(28)[None, :, None] * 3 + np.arange(28)[None, None, :]) % 256)
-    images = images.astype(np.uint8)
-    images[:, 0, 0] = idx // 256
-    images[:, 0, 1] = idx % 256
-    images[:, 0, 2] = int(test)
-    return images
-
-
 def ident(images: torch.Tensor) -> torch.Tensor:
     """The index a written image encodes (images: N x C x H x W uint8)."""
     return images[:, 0, 0, 0].long() * 256 + images[:, 0, 0, 1].long()
-
-
-def write_idx(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
-    """The four uncompressed IDX files torchvision's MNIST family reads from <root>/<Class>/raw/."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n, test in (("train", n_train, False), ("t10k", n_test, True)):
-        images = mnist_images(n, test)
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
-    return folder
 
 
 def cifar_rows(n: int, start: int) -> np.ndarray:
@@ -92,7 +64,8 @@ def write_cifar(folder: Path, per_batch: int = 20, n_test: int = 20) -> Path:
         batch = {"data": cifar_rows(per_batch, start), "labels": [j % 10 for j in range(start, start + per_batch)],
                  "batch_label": f"training batch {i + 1} of 5"}
         (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
-    test = {"data": cifar_rows(n_test, 1000), "labels": [j % 10 for j in range(n_test)], "batch_label": "testing batch 1 of 1"}
+    test = {"data": cifar_rows(n_test, 1000), "labels": [j % 10 for j in range(n_test)],
+            "batch_label": "testing batch 1 of 1"}
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
@@ -213,7 +186,8 @@ def test_cifar10_batches_keep_channel_order(tmp_path: Path, monkeypatch: pytest.
 def test_cifar10_checksum_mismatch_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     trust_written_cifar(monkeypatch, folder, keep_real=("data_batch_3",))
-    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false", "dataset.val_size=10")
+    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false",
+                          "dataset.val_size=10")
     with pytest.raises(UserError) as err:
         data.load(cfg)
     message = str(err.value)
@@ -310,7 +284,8 @@ def test_flip_where_mirrors_exactly_the_masked_images() -> None:
 def test_train_batches_with_cifar_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     trust_written_cifar(monkeypatch, folder)
-    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false", "dataset.val_size=10")
+    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false",
+                          "dataset.val_size=10")
     assert cfg.augment.crop_padding == 4 and cfg.augment.flip
     loaded = data.load(cfg)
     plan = data.epoch_plan(len(loaded.train), 0, 0, cfg.augment.crop_padding, cfg.augment.flip)
@@ -346,7 +321,8 @@ def test_normalised_training_epoch_has_zero_mean_unit_std(sample: data.Data) -> 
 
 
 def test_random_dataset_has_the_asked_shape_sizes_and_is_the_same_every_time() -> None:
-    overrides = ("dataset=random", "dataset.input_shape=[3,12,10]", "dataset.num_images=[300,40]", "dataset.val_size=20")
+    overrides = ("dataset=random", "dataset.input_shape=[3,12,10]", "dataset.num_images=[300,40]",
+                 "dataset.val_size=20")
     loaded, again = data.load(compose_dataset(*overrides)), data.load(compose_dataset(*overrides))
     assert loaded.name == "random"
     assert (len(loaded.train), len(loaded.val), len(loaded.test)) == (280, 20, 40)
@@ -406,87 +382,47 @@ def test_an_images_file_under_a_labels_name_is_named(tmp_path: Path) -> None:
 
 
 def test_only_mnist_falls_back_to_the_mnist_sample(tmp_path: Path) -> None:
-    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false", "dataset.fallback=true")
+    cfg = compose_dataset("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false",
+                          "dataset.fallback=true")
     with pytest.raises(UserError, match="cifar-10-batches-py"):
         data.load(cfg)
 
 
 # ------------------------------------------------------------------------- cnn-train in its own process
-
-# one thread per process: the cases run side by side on a small machine
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-QUICK = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress=false"]
-
-
-def _case_fallback(tmp: Path) -> list[str]:
-    (tmp / "empty").mkdir()
-    return ["dataset=mnist", f"dataset.root={tmp / 'empty'}", "dataset.download=false"]
-
-
-def _case_cifar_missing(tmp: Path) -> list[str]:
-    return ["dataset=cifar10", f"dataset.root={tmp / 'nothing'}", "dataset.download=false"]
-
-
-def _case_no_fallback(tmp: Path) -> list[str]:
-    return ["dataset=mnist", f"dataset.root={tmp / 'nothing'}", "dataset.download=false", "dataset.fallback=false"]
-
-
 # (a truncated file and a root that is a file are cases of test_bad_input.py's catalogue)
-CASES = {"fallback": _case_fallback, "cifar_missing": _case_cifar_missing, "no_fallback": _case_no_fallback}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every cnn-train case, two at a time on one thread each (each process spends seconds importing torch)."""
-    prepared = {}
-    for name, make in CASES.items():
-        tmp = tmp_path_factory.mktemp(name)
-        prepared[name] = (tmp, [str(SCRIPT), *make(tmp), *QUICK, f"hydra.run.dir={tmp / 'run'}"])
-
-    def launch(item):
-        tmp, argv = item
-        return tmp, subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=240, env=ENV)
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip(prepared, pool.map(launch, prepared.values())))
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.mark.e2e
-def test_cli_missing_mnist_trains_on_the_fallback_sample(runs) -> None:
-    tmp, proc = runs["fallback"]
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_cli_missing_mnist_trains_on_the_fallback_sample(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = cnn("cnn-train", *tiny("dataset=mnist", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false"),
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     output = proc.stdout + proc.stderr
     assert "could not be found or downloaded" in output
-    assert str((tmp / "empty" / "MNIST" / "raw").resolve()) in output and "mnist_sample (fallback)" in output
-    metrics = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert str((tmp_path / "empty" / "MNIST" / "raw").resolve()) in output and "mnist_sample (fallback)" in output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist_sample (fallback)"
     assert metrics["steps"] == 2
 
 
 @pytest.mark.e2e
-def test_cli_missing_cifar_is_one_line_naming_folder_and_files(runs) -> None:
-    tmp, proc = runs["cifar_missing"]
+def test_cli_missing_cifar_is_one_line_naming_folder_and_files(tmp_path: Path) -> None:
+    proc = cnn("cnn-train", *tiny("dataset=cifar10", f"dataset.root={tmp_path / 'nothing'}", "dataset.download=false"),
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
     line = one_error_line(proc)
-    assert str(tmp / "nothing" / "cifar-10-batches-py") in line
+    assert str(tmp_path / "nothing" / "cifar-10-batches-py") in line
     for name in CIFAR_FILES:
         assert name in line
-    assert not (tmp / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.e2e
-def test_cli_missing_mnist_without_fallback_is_one_line(runs) -> None:
-    tmp, proc = runs["no_fallback"]
+def test_cli_missing_mnist_without_fallback_is_one_line(tmp_path: Path) -> None:
+    proc = cnn("cnn-train", *tiny("dataset=mnist", f"dataset.root={tmp_path / 'nothing'}", "dataset.download=false",
+                                  "dataset.fallback=false"), f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+               check=False)
     line = one_error_line(proc)
-    assert str(tmp / "nothing" / "MNIST" / "raw") in line
+    assert str(tmp_path / "nothing" / "MNIST" / "raw") in line
     for name in MNIST_FILES:
         assert name in line
 

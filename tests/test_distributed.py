@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from test_train import BIN, TINY, cnn
+from helpers import BIN, cnn, tiny, wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
 
-STEPS = [*TINY, "trainer.epochs=1", "trainer.log_every_n_steps=1"]
+# a global batch of 32 that two processes split 16 + 16; every step's loss logged
+STEPS = tiny("trainer.batch_size=32", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1")
 
 
 def torchrun(*args: str) -> list[str]:
@@ -54,11 +54,9 @@ def test_two_processes_train_as_one_with_one_set_of_logs(tmp_path: Path) -> None
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [a for a in TINY if not a.startswith("trainer.limit_train")] + ["trainer.epochs=3", f"hydra.run.dir={run}"]
+    args = tiny("trainer.batch_size=32", "trainer.limit_train_batches=null", "trainer.epochs=3", f"hydra.run.dir={run}")
     proc = subprocess.Popen(torchrun(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for((run / "checkpoints" / "last.pt").exists, proc, "the first checkpoint")
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on; both processes stop at the same step
     proc.communicate(timeout=120)
     stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

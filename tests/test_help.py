@@ -3,16 +3,15 @@ and the options it takes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from helpers import cnn
+
 pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
 
-BIN = Path(sys.executable).parent
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TOOLS = ("cnn-train", "cnn-summary", "cnn-eval", "cnn-predict", "cnn-export")
 
@@ -23,9 +22,7 @@ def help_text(tmp_path_factory) -> dict[str, str]:
     cwd = tmp_path_factory.mktemp("help")
 
     def run(tool: str) -> str:
-        proc = subprocess.run([str(BIN / tool), "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+        return cnn(tool, "--help", cwd=cwd, timeout=120).stdout
 
     with ThreadPoolExecutor(len(TOOLS)) as pool:
         texts = dict(zip(TOOLS, pool.map(run, TOOLS)))

@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data, imagefolder, images
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
+from helpers import BIN, cnn
 
-BIN = Path(sys.executable).parent
 CLASSES = ["ant", "bee", "cow"]
 
 
@@ -206,12 +205,6 @@ def test_imagefolder_settings_on_another_dataset_are_refused(override: str, mess
         data.load(cfg)
 
 
-def cnn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.mark.e2e
 def test_cnn_train_on_a_folder_alone_then_reuses_the_cache_and_resumes_exactly(tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "pics")
@@ -241,7 +234,8 @@ def test_cnn_train_on_a_folder_alone_then_reuses_the_cache_and_resumes_exactly(t
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
     # cnn-predict resizes as training did: a 24x24 image of the brightest class
-    predicted = cnn("cnn-predict", f"checkpoint={cut}/checkpoints/best.pt", f"inputs=[{tree}/cow/02.png]", cwd=tmp_path)
+    predicted = cnn("cnn-predict", f"checkpoint={cut}/checkpoints/best.pt", f"inputs=[{tree}/cow/02.png]",
+                    cwd=tmp_path)
     assert predicted.stdout.split("\t")[1] == "cow"
 
     # cnn-eval finds the same test split in the tree it is given (and only there)

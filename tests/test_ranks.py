@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,7 @@ from cnn_cli import checkpoint, data, tb
 from cnn_cli.builder import build_model
 from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
-
-BIN = Path(sys.executable).parent
+from helpers import cnn
 
 SHAPES = {1: (3, 20), 2: (3, 9, 8), 3: (2, 5, 6, 7)}
 
@@ -159,12 +156,6 @@ def test_a_picture_that_cannot_be_drawn_is_one_warning(tmp_path: Path, caplog: p
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     assert events.Tags()["images"] == ["test/misclassified"]
-
-
-def cnn(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 @pytest.mark.parametrize("model, shape, pictures", [

@@ -11,11 +11,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from test_train import TINY, cnn
+from helpers import TINY, cnn, tiny
 
 pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
-
-SWEEP = [*TINY, "trainer.epochs=1"]
 
 
 def hparams_of(run: Path) -> dict:
@@ -52,7 +50,7 @@ def table_rows(stdout: str) -> dict[str, str]:
 
 
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path: Path) -> None:
-    proc = cnn("cnn-train", "-m", *SWEEP, "optimizer.lr=1e12,0.05", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    proc = cnn("cnn-train", "-m", *TINY, "optimizer.lr=1e12,0.05", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr  # the sweep failed as a whole...
     assert "error: epoch 1, step" in proc.stderr  # ...said why as the job failed...
@@ -69,13 +67,13 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path: Path) -> None
     assert sessions(job(tmp_path / "sweep", 1)) == (0.05, api_pb2.STATUS_SUCCESS)
     assert not (job(tmp_path / "sweep", 0) / "metrics.json").exists()
     metrics = json.loads((job(tmp_path / "sweep", 1) / "metrics.json").read_text())  # the other job ran to the end
-    assert metrics["steps"] == 4
+    assert metrics["steps"] == 2
     assert f"val {metrics['best_val_acc']:.4f}  test {metrics['test_acc']:.4f}" in rows["1"]
     assert "best validation accuracy: job 1" in proc.stdout
 
 
 def test_joblib_runs_two_jobs_each_with_hparams(tmp_path: Path) -> None:
-    proc = cnn("cnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SWEEP, "trainer.num_threads=1",
+    proc = cnn("cnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.num_threads=1",
                "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr  # Hydra's joblib launcher ran them
     rows = table_rows(proc.stdout)
@@ -90,8 +88,7 @@ def test_joblib_runs_two_jobs_each_with_hparams(tmp_path: Path) -> None:
 
 
 def test_an_optuna_search_writes_its_best_trial(tmp_path: Path) -> None:
-    searched = [o for o in SWEEP if not o.startswith("trainer.batch_size=")]  # the search chooses it
-    proc = cnn("cnn-train", "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3", *searched,
+    proc = cnn("cnn-train", "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3", *TINY,
                "model=mlp", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     result = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     trials = {n: json.loads((job(tmp_path / "sweep", n) / "metrics.json").read_text()) for n in range(3)}
@@ -109,9 +106,9 @@ def test_an_optuna_search_writes_its_best_trial(tmp_path: Path) -> None:
 
 
 def test_submitit_local_runs_a_job(tmp_path: Path) -> None:
-    cnn("cnn-train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *SWEEP,
+    cnn("cnn-train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY,
         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert json.loads((job(tmp_path / "sweep", 0) / "metrics.json").read_text())["steps"] == 4
+    assert json.loads((job(tmp_path / "sweep", 0) / "metrics.json").read_text())["steps"] == 2
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # submitit ran it as a job
 
 
@@ -151,7 +148,7 @@ def test_the_table_sorts_by_validation_accuracy_with_params_train_accuracy_and_t
 
 
 def test_compare_norms_runs_one_job_per_normalisation(tmp_path: Path) -> None:
-    proc = cnn("cnn-train", "-m", "experiment=compare_norms", *SWEEP, "trainer.limit_train_batches=1",
+    proc = cnn("cnn-train", "-m", "experiment=compare_norms", *tiny("trainer.limit_train_batches=1"),
                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     rows = table_rows(proc.stdout)
     norms = {row.split()[1] for row in rows.values()}
