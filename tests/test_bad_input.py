@@ -37,6 +37,7 @@ pytestmark = pytest.mark.e2e
 ENV = {**ONE_THREAD, **NO_GPU}
 SAMPLE = "dataset=mnist_sample"  # every cnn-train case that is not about data: nothing is downloaded
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads any folder, chmod 000 or not
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
 # ------------------------------------------------------------------------- what a case sets up
@@ -269,9 +270,11 @@ CASES: dict[str, Case] = {
     # ---- the model's shapes
     "summary_kernel_larger_than_input": Case(
         "cnn-summary", ("model.layers.0.conv2d.kernel_size=40",),
-        ("model.layers[0] (conv2d)", "kernel 40 is larger than its padded input", "smaller kernel_size")),
+        ("error: model.layers[0] (conv2d): kernel 40 is larger than its padded input", "28 + 2 x padding 2 = 32",
+         "smaller kernel_size")),
     "summary_linear_after_unflattened_map": Case(
-        "cnn-summary", ("model.layers.6=relu",), ("model.layers[7] (linear)", "50 x 7 x 7", "add `- flatten` before it")),
+        "cnn-summary", ("model.layers.6=relu",),
+        ("error: model.layers[7] (linear)", "50 x 7 x 7", "add `- flatten` before it")),
     "train_kernel_larger_than_input": train(
         SAMPLE, "model.layers.0.conv2d.kernel_size=40",
         expect=("model.layers[0] (conv2d)", "kernel 40 is larger than its padded input", "smaller kernel_size")),
@@ -295,6 +298,9 @@ CASES: dict[str, Case] = {
     "dataset_root_unreadable": train(
         "dataset=fashion_mnist", "dataset.root=locked", "dataset.download=false", setup=_locked_root,
         expect=("locked", "ermission denied"), reject=("cannot write", "hydra.run.dir")),
+    "cifar_files_missing": train(
+        "dataset=cifar10", "dataset.root=nothing", "dataset.download=false",
+        expect=("dataset 'cifar10'", "nothing/cifar-10-batches-py", *CIFAR_FILES, "dataset.download=true")),
     "empty_root_without_download": train(
         "dataset=fashion_mnist", "dataset.root=empty", "dataset.download=false", setup=_empty_folder,
         expect=("dataset 'fashion_mnist'", "empty/FashionMNIST/raw", *MNIST_FILES, "dataset.download=true")),

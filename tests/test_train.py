@@ -19,7 +19,6 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint, optim
 from cnn_cli.builder import build_model
-from cnn_cli.fuse import fuse_batchnorm
 from helpers import BIN, cnn, one_error_line, tiny
 
 # steps worth counting: 4 of 32 images an epoch, the loss and learning rate logged at the
@@ -135,37 +134,18 @@ def test_init_from_starts_from_trained_weights(run_dir: Path, tmp_path: Path) ->
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
 
 
-def test_eval_mode_keeps_batchnorm_statistics_and_train_mode_updates_them() -> None:
+def test_evaluation_keeps_the_batchnorm_statistics_and_the_mode_it_found() -> None:
+    from cnn_cli import data
+    from cnn_cli.evaluate import evaluate
+
     layers = [{"conv2d": {"out_channels": 4, "kernel_size": 3}}, "batchnorm2d", "relu", "flatten",
-              {"linear": {"out_features": 3}}]
-    model = build_model(layers, (1, 8, 8)).model
-    x = torch.randn(16, 1, 8, 8) * 3 + 1
-    before = model.bn1.running_mean.clone()
-    model.eval()
-    with torch.inference_mode():
-        model(x)
-    assert torch.equal(model.bn1.running_mean, before)
-    model.train()
-    model(x)
-    assert not torch.equal(model.bn1.running_mean, before)
-
-
-def test_folded_batchnorm_gives_the_same_outputs() -> None:
-    layers = [{"conv2d": {"out_channels": 6, "kernel_size": 3, "bias": False}}, "batchnorm2d", "relu", "flatten",
-              {"linear": {"out_features": 8}}, "batchnorm1d", "relu", {"linear": {"out_features": 3}}]
-    model = build_model(layers, (2, 6, 6)).model
-    for _ in range(5):  # give the running statistics and affine parameters non-trivial values
-        model(torch.randn(32, 2, 6, 6) * 2 + 0.5)
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.weight.uniform_(0.5, 2)
-            bn.bias.uniform_(-1, 1)
-    model.eval()
-    fused = fuse_batchnorm(model)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    x = torch.randn(64, 2, 6, 6)
-    with torch.no_grad():
-        assert torch.allclose(model(x), fused(x), atol=1e-5)
+              {"linear": {"out_features": 10}}]
+    model = build_model(layers, (1, 28, 28)).model
+    sample = data.load(_composed("dataset=mnist_sample").dataset)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, sample, sample.val, 100, limit=2)
+    assert model.training  # as it was found, for the next training step
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running statistics included
 
 
 @pytest.mark.e2e
