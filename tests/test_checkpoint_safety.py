@@ -1,7 +1,7 @@
 """Checkpoints under attack and under crashes, with the real cnn-train and cnn-eval.
 
 - A checkpoint is data: one whose pickle would run code is refused by every command.
-- SIGKILL at any moment (mid-write included) never leaves a torn or missing checkpoint.
+- SIGKILL at any moment (inside a write included) never leaves a torn or missing checkpoint.
 - Kill, resume, kill, resume ends with exactly the weights of an uninterrupted run.
 - A full disk (RLIMIT_FSIZE) fails the write cleanly and keeps the previous last.pt.
 - A file that is not a checkpoint (empty, torn, foreign) is reported in one line.
@@ -18,6 +18,7 @@ import os
 import random
 import re
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ import pytest
 import torch
 
 from cnn_cli.checkpoint import FORMAT
-from helpers import BIN, one_error_line
+from helpers import BIN, one_error_line, wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
 
@@ -56,6 +57,33 @@ RUN = ["model=tiny_drop", "dataset=mnist_sample", f"trainer.epochs={EPOCHS}", "t
        "trainer.limit_val_batches=1", "trainer.progress=false", "trainer.device=cpu", "trainer.deterministic=true",
        "trainer.num_threads=1", "trainer.log_every_n_steps=1"]
 START_TIMEOUT = 120  # seconds for a process to write its first checkpoint (mostly importing torch)
+SEED = 0  # the random kills' delays after a checkpoint
+
+# Loaded at start-up (as sitecustomize, from PYTHONPATH) by a cnn-train that is to be killed
+# inside a checkpoint write, CNN_TEST_PAUSE=NAME:N:FD: its Nth write of NAME stops just before
+# the rename, the new file complete under its temporary name, says so on file descriptor FD and
+# waits there for the SIGKILL. So the kill lands inside that write every time, however fast.
+PAUSE_IN_WRITE = """\
+import os
+import time
+
+_name, _nth, _fd = os.environ["CNN_TEST_PAUSE"].split(":")
+_writes = 0
+_replace = os.replace
+
+
+def _replace_or_pause(src, dst, *args, **kwargs):
+    global _writes
+    if os.path.basename(str(src)).startswith(f".{_name}.{os.getpid()}."):
+        _writes += 1
+        if _writes == int(_nth):
+            os.write(int(_fd), b"paused\\n")
+            time.sleep(600)
+    return _replace(src, dst, *args, **kwargs)
+
+
+os.replace = _replace_or_pause
+"""
 
 
 def train_cmd(*args: str, config_dir: Path | None = None) -> list[str]:
@@ -100,7 +128,6 @@ class Chain:
 
 @dataclass
 class KilledRuns:
-    seed: int
     chains: list[Chain]
     full: Path  # the uninterrupted run
 
@@ -119,47 +146,53 @@ def _snapshot(run: Path, pid: int, how: str, seen_step: int | None) -> Kill:
     return Kill(pid, how, seen_step, names, sorted(p.name for p in run.glob("*.tmp")), states)
 
 
-def _wait(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float, poll: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"{what}: cnn-train exited ({proc.returncode}) first; "
-                                 f"raise EPOCHS if it finished\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s\n{log.read_text()[-3000:]}")
-        time.sleep(poll)
+def _paused(read_fd: int, proc: subprocess.Popen, log: Path, what: str) -> None:
+    """Wait for PAUSE_IN_WRITE's word that `proc` stopped inside the write (the end of the
+    pipe instead: it exited first)."""
+    try:
+        ready, _, _ = select.select([read_fd], [], [], START_TIMEOUT)
+        said = os.read(read_fd, 64) if ready else None
+    finally:
+        os.close(read_fd)
+    assert said is not None, f"{what}: not within {START_TIMEOUT} s\n{log.read_text()[-3000:]}"
+    assert said == b"paused\n", (f"{what}: cnn-train exited ({proc.wait()}) first; raise EPOCHS if it finished\n"
+                                 f"{log.read_text()[-3000:]}")
 
 
-def _writing(ckpt: Path, name: str, pid: int):
-    """Whether process `pid` is writing `name`: its temporary file (.NAME.PID.RANDOM.tmp) exists
-    (not one an earlier, killed process left)."""
-    return lambda: any(ckpt.glob(f".{name}.{pid}.*.tmp"))
+def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Path, shim: Path) -> None:
+    """Start the run, SIGKILL it as `plan` says, resume it and kill again, ...
 
-
-def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Path) -> None:
-    """Start the run, SIGKILL it as `plan` says, resume it and kill again, ..."""
-    ckpt = chain.run / "checkpoints"
-    last = ckpt / "last.pt"
+    random: a random moment after the process's first checkpoint; best-write: inside its
+    first write of best.pt (before that epoch's last.pt); last-write: inside its second
+    write of last.pt (it saved one before)."""
+    last = chain.run / "checkpoints" / "last.pt"
     for i, how in enumerate(plan):
         cmd = (train_cmd(*RUN, f"hydra.run.dir={chain.run}", config_dir=config_dir) if i == 0
                else train_cmd(f"resume={chain.run}"))
         before = stamp(last)
         log = chain.run.parent / f"{chain.name}-{i}.log"
+        what = f"{chain.name}[{i}] ({how})"
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=chain.run.parent, stdout=out, stderr=subprocess.STDOUT)
+            if how == "random":
+                proc = subprocess.Popen(cmd, cwd=chain.run.parent, stdout=out, stderr=subprocess.STDOUT)
+            else:
+                read_fd, write_fd = os.pipe()
+                pause = f"best.pt:1:{write_fd}" if how == "best-write" else f"last.pt:2:{write_fd}"
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
+                       "CNN_TEST_PAUSE": pause}
+                proc = subprocess.Popen(cmd, cwd=chain.run.parent, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        pass_fds=(write_fd,))
+                os.close(write_fd)  # the child's copy is the pipe's last: its end says the child has gone
         try:
             seen = None
-            if how == "best-write":  # inside the write of best.pt, before that epoch's last.pt
-                _wait(_writing(ckpt, "best.pt", proc.pid), proc, log, f"{chain.name}[{i}]: a best.pt write", START_TIMEOUT,
-                      poll=0.0005)
+            if how == "random":
+                wait_for(lambda: stamp(last) != before, proc, f"{what}: a checkpoint", START_TIMEOUT, log)
+                time.sleep(rng.uniform(0.0, 0.3))
+                seen = load(last)["progress"]["step"]
             else:
-                _wait(lambda: stamp(last) != before, proc, log, f"{chain.name}[{i}]: a checkpoint", START_TIMEOUT)
-                if how == "random":
-                    time.sleep(rng.uniform(0.0, 0.3))
+                _paused(read_fd, proc, log, what)
+                if how == "last-write":
                     seen = load(last)["progress"]["step"]
-                else:  # last-write: inside the next write of last.pt
-                    seen = load(last)["progress"]["step"]
-                    _wait(_writing(ckpt, "last.pt", proc.pid), proc, log, f"{chain.name}[{i}]: a last.pt write", 30, poll=0.0005)
             assert proc.poll() is None, f"{chain.name}[{i}] ended before the kill\n{log.read_text()[-3000:]}"
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -174,13 +207,15 @@ def _run_chain(chain: Chain, plan: list[str], rng: random.Random, config_dir: Pa
 def killed_runs(tmp_path_factory) -> KilledRuns:
     """Two runs SIGKILLed four times each (at random moments after a checkpoint, and inside
     last.pt and best.pt writes), resumed after each kill but the last; beside them the same
-    run uninterrupted. About 35 s on 2 cores."""
+    run uninterrupted."""
     tmp = tmp_path_factory.mktemp("killed")
     config_dir = tmp / "conf"
     (config_dir / "model").mkdir(parents=True)
     (config_dir / "model" / "tiny_drop.yaml").write_text(TINY_MODEL)
-    seed = int.from_bytes(os.urandom(4), "little")
-    rng = random.Random(seed)
+    shim = tmp / "pause_in_write"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(PAUSE_IN_WRITE)
+    rng = random.Random(SEED)
     chains = [Chain("x", tmp / "x"), Chain("y", tmp / "y")]
     plans = [["random", "best-write", "last-write", "random"], ["random", "last-write", "random", "random"]]
     full_log = tmp / "full.log"
@@ -191,7 +226,7 @@ def killed_runs(tmp_path_factory) -> KilledRuns:
 
     def run(chain: Chain, plan: list[str], chain_seed: int) -> None:
         try:
-            _run_chain(chain, plan, random.Random(chain_seed), config_dir)
+            _run_chain(chain, plan, random.Random(chain_seed), config_dir, shim)
         except BaseException as err:  # re-raised in the main thread
             errors.append(err)
 
@@ -207,17 +242,16 @@ def killed_runs(tmp_path_factory) -> KilledRuns:
             full.kill()
             full.wait()
     if errors:
-        raise AssertionError(f"random seed {seed}") from errors[0]
-    return KilledRuns(seed, chains, tmp / "full")
+        raise errors[0]
+    return KilledRuns(chains, tmp / "full")
 
 
 def test_a_sigkill_at_any_moment_leaves_only_complete_checkpoints(killed_runs: KilledRuns) -> None:
-    landed_in_a_write = 0
     for chain in killed_runs.chains:
         killed: set[int] = set()
         previous_step = 0
         for n, kill in enumerate(chain.kills):
-            where = f"seed {killed_runs.seed}, run {chain.name}, kill {n + 1} ({kill.how}): {kill.names}"
+            where = f"run {chain.name}, kill {n + 1} ({kill.how}): {kill.names}"
             killed.add(kill.pid)
             assert "last.pt" in kill.names, where
             for name, state in kill.states.items():
@@ -238,16 +272,19 @@ def test_a_sigkill_at_any_moment_leaves_only_complete_checkpoints(killed_runs: K
             assert set(pids) <= killed, f"{where}: a temp file of a process that was not killed"
             assert len(pids) == len(set(pids)), f"{where}: two temp files of one process"
             assert kill.run_tmp == [], f"{where}: {kill.run_tmp}"
-            landed_in_a_write += kill.pid in pids
-    # the kills did land inside checkpoint writes, so the checks above were not vacuous
-    assert landed_in_a_write >= 2
+            if kill.how != "random":  # killed inside that write, so the checks above are not vacuous
+                assert kill.pid in pids, f"{where}: the killed write left no temp file"
 
 
 def test_a_resumed_run_removes_the_temp_files_killed_runs_left(killed_runs: KilledRuns) -> None:
+    removed = 0
     for chain in killed_runs.chains:
         for n, kill in enumerate(chain.kills):
             left = [name for name in kill.names if TMP.fullmatch(name) and int(TMP.fullmatch(name).group(2)) != kill.pid]
             assert left == [], f"run {chain.name}, after kill {n + 1}: {kill.names}"
+            if n:
+                removed += sum(bool(TMP.fullmatch(name)) for name in chain.kills[n - 1].names)
+    assert removed > 0  # not vacuous: an earlier kill left a temp file that the next resume removed
 
 
 def test_best_pt_always_holds_the_epoch_last_pt_names_as_best(killed_runs: KilledRuns) -> None:
@@ -388,7 +425,8 @@ def refusals(killed_runs: KilledRuns, tmp_path_factory) -> list[Refusal]:
         cases.append((name, {"eval": "checkpoint"}.get(command, command), marker, run, cmd[command]))
     procs = [subprocess.Popen(case[-1], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for case in cases]
-    results = [subprocess.CompletedProcess(p.args, p.returncode, *p.communicate(timeout=300)) for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
     assert not (tmp / "new").exists(), "the refused init_from left its new run folder"
     return [Refusal(name, key, marker, run, result) for (name, key, marker, run, _), result in zip(cases, results)]
 

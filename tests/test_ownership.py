@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -69,11 +69,10 @@ def test_ctrl_c_saves_and_exits_130_when_the_pipe_reader_has_gone(tmp_path: Path
     proc = subprocess.Popen([str(BIN / "cnn-train"), *LONG, "trainer.progress=true", "hydra.run.dir=run"],
                             cwd=tmp_path, env=user_env(ENV), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = b""
-    while b"training:" not in seen:
+    while not re.search(rb"\| [1-9]\d*/\d+ \[", seen):  # the progress bar is drawing, a step done
         chunk = proc.stdout.read1(4096)
         assert chunk, seen.decode(errors="replace")
         seen += chunk
-    time.sleep(1)  # the progress bar is drawing
     proc.stdout.close()  # the reader exits: every later write hits a closed pipe
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 128 + signal.SIGINT
