@@ -11,9 +11,9 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: starts processes (cnn-train and friends, each paying torch's start-up); "
                                        "the fast tier is -m 'not e2e'")
-    config.addinivalue_line("markers", "slow: in process, but a minute or more (every model in every export "
-                                        "format, the property test); the fast tier leaves it out too")
-    config.addinivalue_line("markers", "wheel: builds and installs the wheel (about 10 s); deselect with -m 'not wheel'")
+    config.addinivalue_line("markers", "slow: in process, but long (every model in every export format, the "
+                                        "property test); the fast tier leaves it out too")
+    config.addinivalue_line("markers", "wheel: builds and installs the wheel; deselect with -m 'not wheel'")
 
 
 def pytest_addoption(parser):

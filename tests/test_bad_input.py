@@ -7,9 +7,10 @@ anywhere; and nothing written or changed in that folder (the files a case set up
 checkpoints and dataset files included, stay byte for byte as they were).
 
 Each process starts torch (seconds), so every case is launched once per module, a few at
-a time, and each test reads its own result (about 2.5 minutes on 2 cores). The checkpoints come from one tiny real
+a time, and each test reads its own result. The checkpoints come from one tiny real
 training run on the bundled sample; the MNIST files are written here in torchvision's
-layout. CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds on any machine.
+layout (tests/helpers.py). CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds
+on any machine.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches
 
 # ------------------------------------------------------------------------- what a case sets up
 
+# writes what a case needs into its folder (given the fixtures: the training run's folders)
+Setup = Callable[[Path, dict[str, Path]], None]
+
 
 def _finished_run(cwd: Path, fx: dict[str, Path]) -> None:
     shutil.copytree(fx["run"], cwd / "run")
@@ -71,7 +75,7 @@ def _half_checkpoint(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "half.pt").write_bytes(whole[: len(whole) // 2])
 
 
-def _a_file(name: str) -> Callable[[Path, dict[str, Path]], None]:
+def _a_file(name: str) -> Setup:
     def setup(cwd: Path, fx: dict[str, Path]) -> None:
         (cwd / name).write_text("not a folder\n")
     return setup
@@ -81,7 +85,7 @@ def _empty_folder(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "empty").mkdir()
 
 
-def _pictures(*, empty_class: bool = False, corrupt: bool = False) -> Callable[[Path, dict[str, Path]], None]:
+def _pictures(*, empty_class: bool = False, corrupt: bool = False) -> Setup:
     """pics/<class>/*.png, 4 tiny images a class; an empty class folder, or a corrupt file, if asked."""
     def setup(cwd: Path, fx: dict[str, Path]) -> None:
         from PIL import Image
@@ -108,7 +112,7 @@ def _locked_root(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "locked").chmod(0)
 
 
-def _configs(files: dict[str, bytes | str]) -> Callable[[Path, dict[str, Path]], None]:
+def _configs(files: dict[str, bytes | str]) -> Setup:
     """A config folder from someone else (for --config-dir cfg), and a file its code would hit."""
     def setup(cwd: Path, fx: dict[str, Path]) -> None:
         (cwd / "victim.txt").write_text("keep me\n")
@@ -132,7 +136,7 @@ model:
 NESTED = "name: deep\nlayers: " + "[{residual: {layers: " * 25 + "[relu]" + "}}]" * 25 + "\n"
 
 
-def _edited_checkpoint(edit: Callable[[dict], None], name: str = "edited.pt") -> Callable[[Path, dict[str, Path]], None]:
+def _edited_checkpoint(edit: Callable[[dict], None], name: str = "edited.pt") -> Setup:
     """The training run's best.pt with something changed, as a file from someone else."""
     def setup(cwd: Path, fx: dict[str, Path]) -> None:
         import torch
@@ -190,12 +194,13 @@ class Case:
     tool: str  # cnn-train, cnn-eval or cnn-summary
     args: tuple[str, ...]
     expect: tuple[str, ...]  # distinctive parts of the one error line: the key, layer or file, and the fix
-    setup: Callable[[Path, dict[str, Path]], None] | None = None  # files it needs in its folder
+    setup: Setup | None = None  # files it needs in its folder
     needs_run: bool = False  # waits for the training run's checkpoints
     reject: tuple[str, ...] = ()  # what the line must not say (a wrong diagnosis, a wrong fix)
 
 
-def train(*args: str, expect: tuple[str, ...], setup=None, needs_run: bool = False, reject: tuple[str, ...] = ()) -> Case:
+def train(*args: str, expect: tuple[str, ...], setup=None, needs_run: bool = False,
+          reject: tuple[str, ...] = ()) -> Case:
     return Case("cnn-train", args, expect, setup, needs_run, reject)
 
 
@@ -212,7 +217,8 @@ CASES: dict[str, Case] = {
         SAMPLE, "dataset.augment.fli=true",
         expect=("dataset.augment.fli: no such key", "did you mean dataset.augment.flip?")),
     "added_key_nothing_reads": train(
-        SAMPLE, "+trainer.foo=1", expect=("trainer.foo: no such key, nothing would read it", "valid keys: epochs, batch_size")),
+        SAMPLE, "+trainer.foo=1",
+        expect=("trainer.foo: no such key, nothing would read it", "valid keys: epochs, batch_size")),
     "int_given_text": train(
         SAMPLE, "trainer.epochs=abc", expect=("trainer.epochs: ", "'abc'", "Integer")),
     "bool_given_text": train(
@@ -226,13 +232,15 @@ CASES: dict[str, Case] = {
     "zero_batch_size": train(SAMPLE, "trainer.batch_size=0", expect=("trainer.batch_size=0 must be >= 1",)),
     "label_smoothing_above_one": train(
         SAMPLE, "trainer.label_smoothing=1.5", expect=("trainer.label_smoothing=1.5 must be in [0, 1)", "e.g. 0.1")),
-    "negative_lr": train(SAMPLE, "optimizer.lr=-1", expect=("optimizer.lr=-1", "must be > 0", "e.g. optimizer.lr=0.01")),
+    "negative_lr": train(
+        SAMPLE, "optimizer.lr=-1", expect=("optimizer.lr=-1", "must be > 0", "e.g. optimizer.lr=0.01")),
     "a_key_the_renamed_optimizer_does_not_take": train(
         SAMPLE, "optimizer.name=Adadelta",
         expect=("optimizer.momentum: Adadelta takes no such argument", "optimizer=adadelta")),
     "a_scheduler_without_its_required_argument": train(
         SAMPLE, "scheduler=exponentiallr", expect=("scheduler.gamma must be given",)),
-    "negative_val_size": train(SAMPLE, "dataset.val_size=-1", expect=("dataset.val_size=-1 must be >= 0", "no validation")),
+    "negative_val_size": train(
+        SAMPLE, "dataset.val_size=-1", expect=("dataset.val_size=-1 must be >= 0", "no validation")),
     "plateau_without_a_validation_split": train(
         SAMPLE, "dataset.val_size=0", "scheduler=plateau",
         expect=("scheduler.monitor=val_loss", "dataset.val_size=0", "another scheduler")),
@@ -260,7 +268,8 @@ CASES: dict[str, Case] = {
         "cnn-summary", ("model=imu_cnn1d", "dataset=basic_motions", "dataset.augment.flip=true"),
         ("dataset.augment.flip=true", "1-D signals", "reverse time", "dataset.augment.flip=false")),
     "summary_random_shape_with_three_means": Case(
-        "cnn-summary", ("model=imu_cnn1d", "dataset=random", "dataset.input_shape=[6,100]", "dataset.mean=[0.5,0.5,0.5]"),
+        "cnn-summary",
+        ("model=imu_cnn1d", "dataset=random", "dataset.input_shape=[6,100]", "dataset.mean=[0.5,0.5,0.5]"),
         ("one value per channel (6)", "got 3 and 6", "leave them out (null)")),
     "null_mean_for_a_real_dataset": train(
         SAMPLE, "dataset.mean=null", expect=("dataset.mean=null is only for dataset=random", "dataset.mean=[0.5]")),
@@ -339,7 +348,8 @@ CASES: dict[str, Case] = {
         expect=("'optimizer.lr=1' would change the run", "trainer.device", "init_from=")),
     "init_from_another_architecture": train(
         SAMPLE, "model=lenet5_bn", "init_from=run/checkpoints/best.pt", setup=_finished_run, needs_run=True,
-        expect=("init_from=run/checkpoints/best.pt", "model 'lenet5'", "do not fit", "missing bn1.", "same architecture")),
+        expect=("init_from=run/checkpoints/best.pt", "model 'lenet5'", "do not fit", "missing bn1.",
+                "same architecture")),
     "eval_without_a_checkpoint": Case(
         "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")),
     "eval_random_bytes": Case(
@@ -399,7 +409,8 @@ CASES: dict[str, Case] = {
         "model.layers=[{repeat: {times: 1000000000, layers: [relu]}}]",
         expect=("model.layers[0] (repeat)", "times must be a whole number from 1 to 10,000")),
     "a_trillion_weights": summary(
-        "model.layers.0.conv2d.out_channels=1099511627776", expect=("model.layers[0] (conv2d)", "more than 10,000,000,000")),
+        "model.layers.0.conv2d.out_channels=1099511627776",
+        expect=("model.layers[0] (conv2d)", "more than 10,000,000,000")),
     "kernel_of_two_to_the_63": summary(
         "model.layers.0.conv2d.kernel_size=9223372036854775807", expect=("model.layers[0] (conv2d)", "overflowed")),
     "kernel_size_zero": summary(
@@ -407,7 +418,8 @@ CASES: dict[str, Case] = {
     "flatten_start_dim_out_of_range": summary(
         "model.layers.6={flatten: {start_dim: 5}}", expect=("model.layers[6] (flatten)", "Dimension out of range")),
     "groupnorm_zero_groups": summary(
-        "model.layers.1={groupnorm: {num_groups: 0}}", expect=("model.layers[1] (groupnorm)", "num_groups=0 must be >= 1")),
+        "model.layers.1={groupnorm: {num_groups: 0}}",
+        expect=("model.layers[1] (groupnorm)", "num_groups=0 must be >= 1")),
     "maxpool_returning_indices": summary(
         "+model.layers.2.maxpool2d.return_indices=true", expect=("model.layers[2] (maxpool2d)", "return_indices")),
     # ---- numbers that cannot be meant
@@ -438,7 +450,8 @@ CASES: dict[str, Case] = {
         "cnn-eval", ("checkpoint=edited.pt",), ("checkpoint=edited.pt", "do not fit", "conv1.weight"),
         _edited_checkpoint(_wider_first_conv), needs_run=True),
     "eval_checkpoint_without_progress": Case(
-        "cnn-eval", ("checkpoint=edited.pt",), ("edited.pt is not a complete cnn-cli checkpoint", "'progress' is missing"),
+        "cnn-eval", ("checkpoint=edited.pt",),
+        ("edited.pt is not a complete cnn-cli checkpoint", "'progress' is missing"),
         _edited_checkpoint(lambda state: state.pop("progress")), needs_run=True),
     "eval_checkpoint_model_not_a_state_dict": Case(
         "cnn-eval", ("checkpoint=edited.pt",), ("its 'model' is not a state dict of tensors",),

@@ -509,10 +509,10 @@ def test_import_paths_are_not_layers(name):
 
 
 def test_layer_names_may_be_written_as_pytorch_spells_them_or_with_underscores():
-    spellings = [[{"Conv2d": {"out_channels": 2, "kernel_size": 3}}, "ReLU", {"adaptive_avg_pool2d": {"output_size": 1}},
-                  "Flatten", {"Linear": {"out_features": 3}}],
-                 [{"conv2d": {"out_channels": 2, "kernel_size": 3}}, "relu", {"adaptiveavgpool2d": {"output_size": 1}},
-                  "flatten", {"linear": {"out_features": 3}}]]
+    spellings = [[{"Conv2d": {"out_channels": 2, "kernel_size": 3}}, "ReLU",
+                  {"adaptive_avg_pool2d": {"output_size": 1}}, "Flatten", {"Linear": {"out_features": 3}}],
+                 [{"conv2d": {"out_channels": 2, "kernel_size": 3}}, "relu",
+                  {"adaptiveavgpool2d": {"output_size": 1}}, "flatten", {"linear": {"out_features": 3}}]]
     pytorch, ours = (build_model(layers, (1, 8, 8)) for layers in spellings)
     assert [type(m) for m in pytorch.model] == [type(m) for m in ours.model]
     assert list(pytorch.model.state_dict()) == list(ours.model.state_dict()) == [

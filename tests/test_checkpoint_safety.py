@@ -140,7 +140,8 @@ def _snapshot(run: Path, pid: int, how: str, seen_step: int | None) -> Kill:
         if name.endswith(".pt"):
             try:
                 state = load(ckpt / name)
-                states[name] = {"keys": set(state), "progress": state.get("progress"), "finished": state.get("finished")}
+                states[name] = {"keys": set(state), "progress": state.get("progress"),
+                                "finished": state.get("finished")}
             except Exception as err:  # a torn file: recorded, the tests fail on it
                 states[name] = f"{type(err).__name__}: {err}"
     return Kill(pid, how, seen_step, names, sorted(p.name for p in run.glob("*.tmp")), states)
@@ -280,7 +281,8 @@ def test_a_resumed_run_removes_the_temp_files_killed_runs_left(killed_runs: Kill
     removed = 0
     for chain in killed_runs.chains:
         for n, kill in enumerate(chain.kills):
-            left = [name for name in kill.names if TMP.fullmatch(name) and int(TMP.fullmatch(name).group(2)) != kill.pid]
+            left = [name for name in kill.names
+                    if TMP.fullmatch(name) and int(TMP.fullmatch(name).group(2)) != kill.pid]
             assert left == [], f"run {chain.name}, after kill {n + 1}: {kill.names}"
             if n:
                 removed += sum(bool(TMP.fullmatch(name)) for name in chain.kills[n - 1].names)
@@ -398,8 +400,8 @@ class Refusal:
 def refusals(killed_runs: KilledRuns, tmp_path_factory) -> list[Refusal]:
     """Hostile checkpoints where checkpoints go, opened by cnn-eval checkpoint=, cnn-train resume=
     and init_from=: the payload alone, and a complete cnn-cli checkpoint (a real one from a
-    killed run) with the payload deep in its config; all three commands on the second. Four
-    start-ups side by side: about 17 s on 2 cores."""
+    killed run) with the payload deep in its config; all three commands on the second. The
+    four processes start side by side: starting is most of their cost."""
     tmp = tmp_path_factory.mktemp("hostile")
     genuine = load(killed_runs.chains[0].run / "checkpoints" / "last.pt")
     cases = []

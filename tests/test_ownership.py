@@ -144,4 +144,5 @@ def test_a_full_disk_under_tensorboards_writer_thread_is_one_line_naming_the_fol
                check=False, preexec_fn=_capped(9000))
     line = one_error_line(proc)
     assert "Exception in thread" not in proc.stderr
-    assert line.startswith(f"error: cannot write {tmp_path / 'run'}/") and "File too large" in line and "try again" in line
+    assert line.startswith(f"error: cannot write {tmp_path / 'run'}/"), line
+    assert "File too large" in line and "try again" in line, line

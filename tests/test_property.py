@@ -130,7 +130,8 @@ def test_a_stack_that_builds_trains_evaluates_checkpoints_and_folds(stack, tmp_p
     for channels_last in (True, False):
         overrides = ["dataset=random", f"dataset.input_shape={list(shape)}", "dataset.num_images=[14,6]",
                      "dataset.val_size=6", "dataset.num_classes=3", "dataset.classes=[a,b,c]",
-                     f"dataset.augment.crop_padding={variety % 3}", f"dataset.augment.flip={rank > 1 and variety % 2 == 0}",
+                     f"dataset.augment.crop_padding={variety % 3}",
+                     f"dataset.augment.flip={rank > 1 and variety % 2 == 0}",
                      "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.progress=false",
                      "trainer.device=cpu", f"trainer.channels_last={channels_last}"]
         with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):

@@ -61,15 +61,17 @@ def test_wheel_ships_configs(wheel):
                  "cnn_cli/layers.py", "cnn_cli/cli.py"):
         assert name in names, name
     # every config of every group (a group missing from pyproject's packages would be left out)
-    shipped = {n.removeprefix("cnn_cli/configs/") for n in names if n.startswith("cnn_cli/configs/") and n.endswith(".yaml")}
+    shipped = {n.removeprefix("cnn_cli/configs/") for n in names
+               if n.startswith("cnn_cli/configs/") and n.endswith(".yaml")}
     assert shipped == {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     # the top-level configs/ ships only as cnn_cli.configs, not as a stray package
     assert not any(n.startswith("configs/") for n in names)
     entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert entry_points
     text = zipfile.ZipFile(wheel).read(entry_points[0]).decode()
-    for script in ("cnn-summary = cnn_cli.cli:summary", "cnn-train = cnn_cli.cli:train", "cnn-eval = cnn_cli.cli:evaluate",
-                   "cnn-predict = cnn_cli.cli:predict", "cnn-export = cnn_cli.cli:export"):
+    for script in ("cnn-summary = cnn_cli.cli:summary", "cnn-train = cnn_cli.cli:train",
+                   "cnn-eval = cnn_cli.cli:evaluate", "cnn-predict = cnn_cli.cli:predict",
+                   "cnn-export = cnn_cli.cli:export"):
         assert script in text
 
 
