@@ -15,7 +15,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -174,12 +174,12 @@ def _stage(args: dict[str, Any], shape: Shape, at: str, where: str) -> _Runs:
     if not {"block", "out_channels"} <= set(args) <= {"block", "out_channels", "times", "stride"}:
         raise UserError(f"{at}: write stage as {{block: {' | '.join(BLOCKS)}, out_channels: C, times: N, "
                         f"stride: S}} (times and stride default to 1), got keys {sorted(args)}")
-    if args["block"] not in BLOCKS:
+    if not isinstance(args["block"], str) or args["block"] not in BLOCKS:
         raise UserError(f"{at}: block must be one of {', '.join(BLOCKS)}, got {args['block']!r}")
     n = len(shape) - 1
     if n not in (1, 2, 3):
         raise UserError(f"{at}: a stage needs a map (C x L, C x H x W or C x D x H x W), but gets {fmt_shape(shape)}")
-    make: Callable = BLOCKS[args["block"]]
+    make = BLOCKS[args["block"]]
     channels = _count(args["out_channels"], "out_channels", at, MAX_PARAMS)
     times, stride = _count(args.get("times", 1), "times", at), _count(args.get("stride", 1), "stride", at)
     return f"{where}.stage", [(make(n, channels, stride if b == 1 else 1), f", block {b} of {times}")

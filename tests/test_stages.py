@@ -57,6 +57,7 @@ def test_a_block_computes_what_torchvisions_block_computes(block: str, torchvisi
 @pytest.mark.parametrize("stage, shape, message", [
     ({"block": "resnet", "out_channels": 8}, (3, 8, 8),
      "model.layers[0] (stage): block must be one of conv_bn_relu, basic, bottleneck, got 'resnet'"),
+    ({"block": ["basic"], "out_channels": 8}, (3, 8, 8), "block must be one of conv_bn_relu, basic, bottleneck"),
     ({"block": "basic"}, (3, 8, 8), "model.layers[0] (stage): write stage as {block: conv_bn_relu | basic | "
                                     "bottleneck, out_channels: C, times: N, stride: S}"),
     ({"block": "basic", "out_channels": 8, "depth": 3}, (3, 8, 8), "got keys ['block', 'depth', 'out_channels']"),
