@@ -145,7 +145,7 @@ def summary() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors
 def _train(cfg: DictConfig) -> float:
-    from cnn_cli import train  # imported here: torchvision alone costs cnn-summary 2 s
+    from cnn_cli import train  # imported here: it imports torchvision, slow to import, which cnn-summary need not
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
