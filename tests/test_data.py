@@ -25,9 +25,11 @@ import torch
 from hydra import compose, initialize_config_module
 from torchvision import datasets
 
-import cnn_cli.cli  # noqa: F401  registers the cnn_run_dir / cnn_hydra_subdir resolvers train.yaml uses
 from cnn_cli import data
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 SCRIPT = Path(sys.executable).parent / "cnn-train"
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

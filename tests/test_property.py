@@ -21,12 +21,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, train
 from cnn_cli.builder import build_from_config, build_model
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
 from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 pytestmark = pytest.mark.slow  # dozens of real training runs, in process
 

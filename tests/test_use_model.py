@@ -18,12 +18,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.builder import build_from_config
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate, load_trained
 from cnn_cli.export import run_export
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
