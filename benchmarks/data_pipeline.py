@@ -15,10 +15,12 @@ import time
 import torch
 from hydra import compose, initialize_config_module
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import data as data_mod
 from cnn_cli.builder import build_from_config
+from cnn_cli.cli import register
 from cnn_cli.runtime import resolve_device
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 
 def peak_rss_mb() -> float:

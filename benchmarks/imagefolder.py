@@ -94,9 +94,10 @@ def baseline(tree: str, model: str, epochs: int) -> None:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    import cnn_cli.cli  # noqa: F401  the resolvers train.yaml uses
     from cnn_cli.builder import build_from_config
+    from cnn_cli.cli import register
 
+    register()
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", "dataset=random", "dataset.num_images=[1,1]",
                                           f"dataset.input_shape=[3,{TRAIN_SIZE},{TRAIN_SIZE}]"])

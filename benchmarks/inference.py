@@ -27,12 +27,14 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint
 from cnn_cli.builder import build_from_config
+from cnn_cli.cli import register
 from cnn_cli.evaluate import load_trained
 from cnn_cli.export import Deployable, run_export
 from cnn_cli.fuse import fuse_batchnorm
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 DATASETS = {"lenet5": "mnist_sample", "resnet20": "random"}
 

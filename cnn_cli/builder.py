@@ -1,16 +1,16 @@
 """Model config -> nn.Sequential, with every shape checked and explained.
 
-The builder walks the layer list with one sample's shape, infers each layer's input size,
-checks conv and pool windows against the output-size formula, runs each layer on a tiny
-zero batch to learn its output shape, and records a table row: output size, receptive field,
-activation memory, weight size, parameters, multiply-accumulates. Two linear layers with
-nothing nonlinear between them are a warning: together they are one linear layer.
+The builder walks the layer list with one sample's shape. Each catalogue layer (layers.py)
+checks its arguments and infers its input size, its window is checked against the output-size
+formula (geometry.py), and it runs on a tiny zero batch to learn its output shape; a table row
+records output size, receptive field, activation memory, weight size, parameters and
+multiply-accumulates. Two linear layers with nothing nonlinear between them are a warning:
+together they are one linear layer.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import warnings
 from collections import Counter
@@ -20,26 +20,16 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
-from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
 from cnn_cli.errors import UserError
-from cnn_cli.layers import CATALOGUE, COMPOSITES, LayerKind, Residual, Shape
+from cnn_cli.geometry import Field, Shape, check_window, fmt_shape
+from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES, SEPARATES, TRANSPARENT, LayerKind, Residual, kind_of
 
-_WINDOWED = (_ConvNd, _MaxPoolNd, _AvgPoolNd)
-_ADAPTIVE = (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd)
-_LINEAR = (_ConvNd, nn.Linear)  # the layers whose weights a stack of them would multiply together
-# linear maps too (batchnorm is one at test time), so they do not separate two linear layers
-_TRANSPARENT = (_BatchNorm, _AvgPoolNd, _AdaptiveAvgPoolNd, nn.Flatten, _DropoutNd, nn.Identity)
 BYTES_PER_VALUE = 4  # float32 activations
-_AXES = {1: ("positions",), 2: ("rows", "columns"), 3: ("slices", "rows", "columns")}
-_RANKS = {1: "a flat vector", 2: "a C x L map", 3: "a C x H x W map", 4: "a C x D x H x W map"}
 # far beyond any real network, so that a config (or a shared checkpoint's) cannot make the
 # builder loop, recurse or allocate without end
 MAX_LAYERS = 10_000  # after repeats are expanded
-MAX_NESTING = 20  # repeat and residual blocks inside each other
+MAX_NESTING = 20  # repeat, stage and residual blocks inside each other
 MAX_PARAMS = 10_000_000_000  # 40 GB of float32 weights
 
 
@@ -87,10 +77,6 @@ class BuiltModel:
         return memory_bytes(self.input_shape) + sum(row.memory for row in self.rows)
 
 
-def fmt_shape(shape: Sequence[int]) -> str:
-    return " x ".join(str(s) for s in shape)
-
-
 def build_model(layers: Any, input_shape: Sequence[int], where: str = "model.layers") -> BuiltModel:
     """Build `layers` (a list of layer specs) for samples of `input_shape` (C, H, W)."""
     if isinstance(layers, (DictConfig, ListConfig)):
@@ -98,7 +84,7 @@ def build_model(layers: Any, input_shape: Sequence[int], where: str = "model.lay
     walk = _Walk()
     model = nn.Sequential()
     walk.add_all(model, Counter(), layers, tuple(input_shape), where, path="", depth=0)
-    return BuiltModel(model, tuple(input_shape), walk.rows, walk.warnings, walk.receptive_field)
+    return BuiltModel(model, tuple(input_shape), walk.rows, walk.warnings, walk.field.size or None)
 
 
 def check_norm(model: DictConfig) -> None:
@@ -153,43 +139,74 @@ def _lookup(name: str, at: str) -> LayerKind:
     raise UserError(f"{at}: unknown layer '{name}'; {hint}")
 
 
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+def _count(value: Any, key: str, at: str, most: int = MAX_LAYERS) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise UserError(f"{at}: {key} must be a whole number from 1 to {most:,}, got {value!r}")
+    return value
 
 
-def _compact(values: Sequence[int]) -> str:
-    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+def _check_list(specs: Any, where: str) -> None:
+    if not isinstance(specs, list) or not specs:
+        raise UserError(f"{where} must be a non-empty list of layers, e.g. [{{conv2d: {{out_channels: 16, "
+                        f"kernel_size: 3}}}}, relu]; got {specs!r}")
+    if sum(where.count(f".{name}") for name in COMPOSITES) > MAX_NESTING:
+        raise UserError(f"{where}: blocks nested more than {MAX_NESTING} deep; no network needs that many, "
+                        "write the repeated part once with repeat: {times: N, layers: [...]}")
 
 
-# a conv or linear layer: its name, the module, the receptive field and jump at its input
-_Linear = tuple[str, nn.Module, "Shape | None", Shape]
+# A repeat or a stage stands for runs of plain layer specs, each walked with a note for
+# error messages: (where the runs are, [(specs, note), ...]).
+_Runs = tuple[str, list[tuple[list, str]]]
+
+
+def _repeat(args: dict[str, Any], shape: Shape, at: str, where: str) -> _Runs:
+    """repeat: {times: N, layers: [...]}: the layers N times over."""
+    if set(args) != {"times", "layers"}:
+        raise UserError(f"{at}: write repeat as {{times: N, layers: [...]}}, got keys {sorted(args)}")
+    times = _count(args["times"], "times", at)
+    return f"{where}.repeat.layers", [(args["layers"], f", repeat {r} of {times}" * (times > 1))
+                                      for r in range(1, times + 1)]
+
+
+def _stage(args: dict[str, Any], shape: Shape, at: str, where: str) -> _Runs:
+    """stage: {block: basic, out_channels: 32, times: 3, stride: 2}: `times` blocks of one kind
+    (layers.BLOCKS), the first with the stride, in one line as timm's byobnet states a stage."""
+    if not {"block", "out_channels"} <= set(args) <= {"block", "out_channels", "times", "stride"}:
+        raise UserError(f"{at}: write stage as {{block: {' | '.join(BLOCKS)}, out_channels: C, times: N, "
+                        f"stride: S}} (times and stride default to 1), got keys {sorted(args)}")
+    if not isinstance(args["block"], str) or args["block"] not in BLOCKS:
+        raise UserError(f"{at}: block must be one of {', '.join(BLOCKS)}, got {args['block']!r}")
+    n = len(shape) - 1
+    if n not in (1, 2, 3):
+        raise UserError(f"{at}: a stage needs a map (C x L, C x H x W or C x D x H x W), but gets {fmt_shape(shape)}")
+    make = BLOCKS[args["block"]]
+    channels = _count(args["out_channels"], "out_channels", at, MAX_PARAMS)
+    times, stride = _count(args.get("times", 1), "times", at), _count(args.get("stride", 1), "stride", at)
+    return f"{where}.stage", [(make(n, channels, stride if b == 1 else 1), f", block {b} of {times}")
+                              for b in range(1, times + 1)]
+
+
+_EXPANDS = {"repeat": _repeat, "stage": _stage}
 
 
 class _Walk:
-    """State of one walk through a model config: the table so far and the receptive field."""
+    """State of one walk through a model config: the table so far, the receptive field, and
+    the counts held against the limits."""
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.warnings: list[str] = []
-        self.receptive_field: Shape | None = None
-        self.jump: Shape | None = None
-        # the last conv or linear layer with only linear layers after it so far: (name, module,
-        # receptive field and jump at its input), to warn when the next one composes with it
-        self.linear: _Linear | None = None
+        self.field = Field()
+        # the last conv or linear layer with only transparent ones after it so far, to warn when
+        # the next one composes with it: its name, module and the receptive field at its input
+        self.weighted: tuple[str, nn.Module, Field | None] | None = None
         self.layers = 0  # built so far, against MAX_LAYERS
         self.params = 0  # against MAX_PARAMS
 
     def add_all(self, seq: nn.Sequential, counters: Counter, specs: Any, shape: Shape, where: str,
                 path: str, depth: int, note: str = "") -> Shape:
         """Append the layers of `specs` to `seq`; returns the shape that comes out."""
-        if not isinstance(specs, list) or not specs:
-            raise UserError(
-                f"{where} must be a non-empty list of layers, e.g. [{{conv2d: {{out_channels: 16, "
-                f"kernel_size: 3}}}}, relu]; got {specs!r}"
-            )
-        if where.count(".repeat.layers") + where.count(".residual.layers") > MAX_NESTING:
-            raise UserError(f"{where}: blocks nested more than {MAX_NESTING} deep; no network needs that many, "
-                            "write the repeated part once with repeat: {times: N, layers: [...]}")
+        _check_list(specs, where)
         for i, spec in enumerate(specs):
             name, args = _parse(spec, f"{where}[{i}]")
             at = f"{where}[{i}] ({name}{note})"
@@ -197,163 +214,53 @@ class _Walk:
             if self.layers > MAX_LAYERS:
                 raise UserError(f"{at}: the model expands to more than {MAX_LAYERS:,} layers; is a repeat's times "
                                 "too large?")
-            if name == "repeat":
-                times, inner = self._repeat_args(args, at)
-                for r in range(times):
-                    rep_note = f", repeat {r + 1} of {times}" if times > 1 else note
-                    shape = self.add_all(seq, counters, inner, shape, f"{where}[{i}].repeat.layers", path, depth,
-                                         rep_note)
+            if name in _EXPANDS:
+                inner_where, runs = _EXPANDS[name](args, shape, at, f"{where}[{i}]")
+                for inner, inner_note in runs:
+                    shape = self.add_all(seq, counters, inner, shape, inner_where, path, depth, inner_note or note)
                 continue
-            if name == "residual":
-                prefix = "res"
-            else:
-                kind = _lookup(name, at)
-                prefix = kind.prefix
+            kind = None if name == "residual" else _lookup(name, at)
+            prefix = kind.prefix if kind else "res"
             counters[prefix] += 1
             child = f"{prefix}{counters[prefix]}"
-            if name == "residual":
+            if kind is None:
                 module, shape = self._residual(args, shape, at, f"{where}[{i}].residual.layers", path + child, depth)
             else:
                 module, shape = self._layer(kind, args, shape, at, path + child, depth)
             seq.add_module(child, module)
         return shape
 
-    @staticmethod
-    def _repeat_args(args: dict[str, Any], at: str) -> tuple[int, list]:
-        if set(args) != {"times", "layers"}:
-            raise UserError(f"{at}: write repeat as {{times: N, layers: [...]}}, got keys {sorted(args)}")
-        times = args["times"]
-        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_LAYERS:
-            raise UserError(f"{at}: times must be a whole number from 1 to {MAX_LAYERS:,}, got {times!r}")
-        return times, args["layers"]
-
     def _layer(self, kind: LayerKind, args: dict[str, Any], shape: Shape, at: str, path: str,
                depth: int) -> tuple[nn.Module, Shape]:
-        if kind.input_ndims and len(shape) not in kind.input_ndims:
-            raise UserError(_rank_message(kind, shape, at))
-        kwargs = self._kwargs(kind, args, shape, at)
+        kwargs = kind.arguments(args, shape, at)
         with torch.device("meta"):  # no memory yet: a layer of a trillion weights is refused, not allocated
             self.params += _params(_construct(kind, kwargs, at, shape))
         if self.params > MAX_PARAMS:
             raise UserError(f"{at}: the model reaches {self.params:,} parameters here, more than {MAX_PARAMS:,}; "
                             "check out_channels / out_features")
         module = _construct(kind, kwargs, at, shape)
-        self._check_window(module, shape, at)
+        window = kind.window(module, shape, None)
+        self.warnings += check_window(window, shape, at) if window else []
         out = _propagate(module, shape, at)
-        field_in, jump_in = self._field_of(shape), self._jump_of(len(shape) - 1)
-        self._update_receptive_field(module, shape, out)
-        self._check_composition(module, (path, module, field_in, jump_in), self._field_of(out))
-        self.rows.append(Row(path, _label(module, shape), out, _weight(module), _params(module),
-                             _macs(module, out), depth, self._field_of(out), memory_bytes(out)))
+        field_in, window = self.field.of(shape), kind.window(module, shape, out)
+        self.field = field_in.through(window) if window else self.field
+        self._note_composition(kind, (path, module, field_in), self.field.of(out))
+        self.rows.append(Row(path, kind.label(module, shape), out, kind.weight(module), _params(module),
+                             kind.macs(module, out), depth, _size(self.field.of(out)), memory_bytes(out)))
         return module, out
 
-    @staticmethod
-    def _kwargs(kind: LayerKind, args: dict[str, Any], shape: Shape, at: str) -> dict[str, Any]:
-        accepted = kind.accepted_kwargs()
-        for key in args:
-            if key not in accepted:
-                close = difflib.get_close_matches(key, accepted, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise UserError(f"{at}: unknown argument '{key}'; {hint}{kind.name} accepts: {', '.join(accepted)}")
-        _check_types(kind, args, at)
-        kwargs = dict(args)
-        for key, value in kind.infer(shape).items():
-            if kind.must_agree and key in kwargs and kwargs[key] != value:
-                raise UserError(
-                    f"{at}: {key}={kwargs[key]} but the incoming shape {fmt_shape(shape)} gives {value}; "
-                    f"leave {key} out, it is inferred"
-                )
-            kwargs.setdefault(key, value)
-        params = inspect.signature(kind.cls.__init__).parameters
-        missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in kwargs]
-        if missing:
-            raise UserError(f"{at}: missing {', '.join(missing)}; e.g. {{{kind.name}: {{{missing[0]}: ...}}}}")
-        if issubclass(kind.cls, nn.modules.instancenorm._InstanceNorm) and math.prod(shape[1:]) == 1:
-            raise UserError(f"{at}: {kind.name} normalises each channel over its positions, but the incoming "
-                            f"{fmt_shape(shape)} has one per channel (training would fail); use batchnorm or "
-                            "downsample less")
-        groups = kwargs.get("num_groups")
-        if kind.cls is nn.GroupNorm and isinstance(groups, int) and groups < 1:
-            raise UserError(f"{at}: num_groups={groups} must be >= 1 and divide the {shape[0]} incoming channels")
-        if kind.cls is nn.GroupNorm and isinstance(groups, int) and shape[0] % groups:
-            raise UserError(f"{at}: num_groups={kwargs['num_groups']} does not divide the {shape[0]} "
-                            "incoming channels; pick a divisor of the channel count")
-        if issubclass(kind.cls, _ConvNd):
-            groups, out_channels = kwargs.get("groups", 1), kwargs.get("out_channels")
-            if isinstance(groups, int) and isinstance(out_channels, int) and groups > 0 and (
-                    shape[0] % groups or out_channels % groups):
-                raise UserError(f"{at}: groups={groups} must divide both in_channels={shape[0]} and "
-                                f"out_channels={out_channels}; pick a groups value that divides both")
-        return kwargs
-
-    def _check_window(self, module: nn.Module, shape: Shape, at: str) -> None:
-        """Apply output = (W - K + 2P) / S + 1 per spatial axis, before PyTorch does."""
-        if not isinstance(module, _WINDOWED) or module.padding == "same":
-            return
-        n = len(shape) - 1
-        kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
-        padding = (0,) * n if module.padding == "valid" else _tuple(module.padding, n)
-        dilation = _tuple(getattr(module, "dilation", 1), n)
-        for axis, (w, k, s, p, d) in enumerate(zip(shape[1:], kernel, stride, padding, dilation)):
-            if min(k, s, d) < 1 or p < 0:
-                raise UserError(f"{at}: kernel_size, stride and dilation must be >= 1 and padding >= 0; "
-                                f"got kernel {k}, stride {s}, dilation {d}, padding {p}")
-            span = d * (k - 1) + 1
-            k_text = f"kernel {k}" + (f" with dilation {d} (spans {span})" if d > 1 else "")
-            if span > w + 2 * p:
-                raise UserError(
-                    f"{at}: {k_text} is larger than its padded input: {_AXES[n][axis]} {w} + 2 x padding {p} "
-                    f"= {w + 2 * p} (input {fmt_shape(shape)}); use a smaller kernel_size or more padding, "
-                    "or downsample less before it"
-                )
-            if span < s:
-                self.warnings.append(f"{at}: kernel {span} is smaller than stride {s}: {s - span} of every {s} "
-                                     f"input {_AXES[n][axis]} fall between windows and are never read")
-            # the windows stop short of the last positions; only those past the padding are lost
-            ignored = (w + 2 * p - span) % s - p
-            if ignored > 0 and not getattr(module, "ceil_mode", False):
-                self.warnings.append(
-                    f"{at}: (W - K + 2P) / S + 1 = ({w} - {span} + {2 * p}) / {s} + 1 is not a whole number; "
-                    f"the last {ignored} input {_AXES[n][axis]} are ignored (input {fmt_shape(shape)})"
-                )
-
-    def _update_receptive_field(self, module: nn.Module, shape: Shape, out: Shape) -> None:
-        """r_out = r_in + (K - 1) x jump_in for each conv or pool (K spanning its dilation);
-        each stride multiplies the jump. An adaptive pool counts as the window it averages."""
-        n = len(shape) - 1
-        if isinstance(module, _ADAPTIVE) and len(out) == len(shape):
-            spans = [math.ceil(w / o) for w, o in zip(shape[1:], out[1:])]
-            stride = [max(1, w // o) for w, o in zip(shape[1:], out[1:])]  # an output larger than its input: 1
-        elif isinstance(module, _WINDOWED):
-            kernel, stride = _tuple(module.kernel_size, n), _tuple(module.stride, n)
-            spans = [d * (k - 1) + 1 for k, d in zip(kernel, _tuple(getattr(module, "dilation", 1), n))]
-        else:
-            return
-        self.receptive_field, self.jump = self._field_of(shape), self._jump_of(n)
-        self.receptive_field = tuple(r + (k - 1) * j for r, k, j in zip(self.receptive_field, spans, self.jump))
-        self.jump = tuple(j * s for j, s in zip(self.jump, stride))
-
-    def _field_of(self, shape: Shape) -> Shape | None:
-        """The receptive field of a map of `shape` so far: 1 before any window; none for a flat vector."""
-        n = len(shape) - 1
-        if n < 1:
-            return None
-        return self.receptive_field if self.receptive_field is not None and len(self.receptive_field) == n else (1,) * n
-
-    def _jump_of(self, n: int) -> Shape:
-        return self.jump if self.jump is not None and len(self.jump) == n else (1,) * n
-
-    def _check_composition(self, module: nn.Module, here: _Linear, field_out: Shape | None) -> None:
+    def _note_composition(self, kind: LayerKind, here: tuple[str, nn.Module, Field | None],
+                          field_out: Field | None) -> None:
         """The lecture's point: a linear layer after a linear layer is one linear layer, so
         the second adds parameters but no expressive power. Warn once per such pair."""
-        if isinstance(module, _TRANSPARENT):
+        if kind.role == TRANSPARENT:
             return
-        if not isinstance(module, _LINEAR):
-            self.linear = None  # a nonlinearity (or max-pooling, or a per-sample norm) between them
+        if kind.role == SEPARATES:
+            self.weighted = None  # a nonlinearity (or max-pooling, or a per-sample norm) between them
             return
-        if self.linear is not None:
-            self.warnings.append(_composition_warning(self.linear, here, field_out))
-        self.linear = here
+        if self.weighted is not None:
+            self.warnings.append(_composition_warning(self.weighted, here, field_out))
+        self.weighted = here
 
     def _residual(self, args: dict[str, Any], shape: Shape, at: str, where: str, path: str,
                   depth: int) -> tuple[nn.Module, Shape]:
@@ -361,34 +268,38 @@ class _Walk:
             raise UserError(f"{at}: write residual as {{layers: [...]}}, got keys {sorted(args)}")
         header = Row(path, "Residual", shape, depth=depth)
         self.rows.append(header)
-        body = nn.Sequential()
-        n = len(shape) - 1
-        jump_before = self._jump_of(n)
-        self.linear = None  # body(x) + x: a sum with the input is not a stack of the two layers
+        body, before = nn.Sequential(), self.field.of(shape)
+        self.weighted = None  # body(x) + x: a sum with the input is not a stack of the two layers
         out = self.add_all(body, Counter(), args["layers"], shape, where, path + ".body.", depth + 1)
-        self.linear = None
-        header.shape, header.receptive_field = out, self._field_of(out)  # the body's, the larger path
-        first = next(iter(body.children()))
-        if getattr(first, "inplace", False):
-            raise UserError(f"{where}[0]: an in-place {type(first).__name__.lower()} at the start of a residual body "
-                            "would overwrite the input that the shortcut adds back; drop `inplace: true` there")
-        stride = None  # the body's own stride, when its convs and pools say it
-        if self.jump is not None and len(self.jump) == n:
-            stride = tuple(a // b for a, b in zip(self.jump, jump_before))
-        shortcut = nn.Identity() if out == shape else _projection(shape, out, at, stride)
-        label = "+ shortcut (identity)" if out == shape else "+ shortcut (1x1 projection + norm)"
-        # the memory of the sum body(x) + shortcut(x), the block's output
-        self.rows.append(Row(path + ".shortcut", label, out, _weight(shortcut), _params(shortcut),
-                             _macs(shortcut, out), depth + 1, self._field_of(out), memory_bytes(out)))
+        self.weighted = None
+        header.shape, header.receptive_field = out, _size(self.field.of(out))  # the body's, the larger path
+        if getattr(body[0], "inplace", False):
+            raise UserError(f"{where}[0]: an in-place {type(body[0]).__name__.lower()} at the start of a residual "
+                            "body would overwrite the input that the shortcut adds back; drop `inplace: true` there")
+        shortcut = nn.Identity() if out == shape else _projection(shape, out, at, self.field.stride_since(before))
+        self.rows.append(_shortcut_row(path + ".shortcut", shortcut, out, depth + 1, self.field.of(out)))
         return Residual(body, shortcut), out
 
 
-def _composition_warning(first: _Linear, second: _Linear, field_out: Shape | None) -> str:
+def _shortcut_row(path: str, shortcut: nn.Module, out: Shape, depth: int, field: Field | None) -> Row:
+    """The shortcut's line under a residual block; its memory is that of the sum body(x) + shortcut(x)."""
+    parts = list(shortcut) if isinstance(shortcut, nn.Sequential) else [shortcut]
+    label = "+ shortcut (1x1 projection + norm)" if len(parts) > 1 else "+ shortcut (identity)"
+    return Row(path, label, out, " + ".join(filter(None, (kind_of(m).weight(m) for m in parts))), _params(shortcut),
+               sum(kind_of(m).macs(m, out) for m in parts), depth, _size(field), memory_bytes(out))
+
+
+def _size(field: Field | None) -> Shape | None:
+    return field.size if field else None
+
+
+def _composition_warning(first: tuple[str, nn.Module, Field | None], second: tuple[str, nn.Module, Field | None],
+                         field_out: Field | None) -> str:
     """'conv1 (5x5) and conv2 (5x5) compose into a single linear 9x9 convolution: ...'; the
     combined kernel is the receptive field the pair spans, in steps of the first one's input."""
-    (name1, layer1, field_in, jump_in), (name2, layer2, _, _) = first, second
-    if isinstance(layer2, _ConvNd) and field_in and field_out:
-        combined = "x".join(str((b - a) // j + 1) for a, b, j in zip(field_in, field_out, jump_in))
+    (name1, layer1, field_in), (name2, layer2, _) = first, second
+    if not isinstance(layer2, nn.Linear) and field_in and field_out:
+        combined = "x".join(str((b - a) // j + 1) for a, b, j in zip(field_in.size, field_out.size, field_in.jump))
         what = f"a single linear {combined} convolution"
     else:
         what = "a single linear layer"
@@ -405,35 +316,6 @@ def _kernel_text(layer: nn.Module) -> str:
 def memory_bytes(shape: Shape) -> int:
     """One float32 map of this shape, in bytes."""
     return math.prod(shape) * BYTES_PER_VALUE
-
-
-def _check_types(kind: LayerKind, args: dict[str, Any], at: str) -> None:
-    """Catch a value of the wrong type by the kind of PyTorch's default, before PyTorch
-    fails somewhere deep with a message about tensors."""
-    params = inspect.signature(kind.cls.__init__).parameters
-    for key, value in args.items():
-        default = params[key].default
-        if isinstance(default, bool):
-            ok, wanted = isinstance(value, bool), "true or false"
-        elif isinstance(default, float):  # eps, momentum (None: a cumulative average), p, ...
-            ok, wanted = value is None or isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        elif isinstance(default, int) or default is inspect.Parameter.empty or key in ("stride", "padding"):
-            ints = value if isinstance(value, list) else [value]
-            ok = all(isinstance(v, int) and not isinstance(v, bool) or v is None and key == "output_size"
-                     for v in ints) or (value is None and key == "stride") or (
-                key == "padding" and value in ("same", "valid"))
-            wanted = "a whole number or a list of them" + (", or 'same' / 'valid'" * (key == "padding"))
-        else:
-            continue
-        if not ok:
-            raise UserError(f"{at}: {key} must be {wanted}, got {value!r}")
-
-
-def _rank_message(kind: LayerKind, shape: Shape, at: str) -> str:
-    if kind.cls is nn.Linear:
-        return f"{at}: linear needs a flat input but gets the map {fmt_shape(shape)}; add `- flatten` before it"
-    wanted = " or ".join(_RANKS[n] for n in kind.input_ndims)
-    return f"{at}: {kind.name} needs {wanted} but gets {fmt_shape(shape)}; use a layer of the matching dimension"
 
 
 def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape) -> nn.Module:
@@ -490,56 +372,5 @@ def _projection(shape: Shape, out: Shape, at: str, stride: tuple[int, ...] | Non
     return nn.Sequential(conv, getattr(nn, f"BatchNorm{n}d")(out[0]))
 
 
-def _label(module: nn.Module, shape: Shape) -> str:
-    name = type(module).__name__
-    if isinstance(module, _ConvNd):
-        n = len(shape) - 1
-        padding = module.padding if isinstance(module.padding, str) else _compact(_tuple(module.padding, n))
-        parts = [f"C_out={module.out_channels}", f"K={_compact(module.kernel_size)}", f"P={padding}",
-                 f"S={_compact(module.stride)}"]
-        parts += [f"D={_compact(module.dilation)}"] * (max(module.dilation) > 1)
-        parts += [f"G={module.groups}"] * (module.groups > 1)
-        return f"{name} ({', '.join(parts)})"
-    if isinstance(module, (_MaxPoolNd, _AvgPoolNd)):
-        n = len(shape) - 1
-        parts = [f"K={_compact(_tuple(module.kernel_size, n))}", f"S={_compact(_tuple(module.stride, n))}"]
-        parts += [f"P={_compact(_tuple(module.padding, n))}"] * (max(_tuple(module.padding, n)) > 0)
-        return f"{name} ({', '.join(parts)})"
-    if isinstance(module, nn.Linear):
-        return f"{name} ({module.in_features} -> {module.out_features})"
-    if hasattr(module, "output_size"):
-        return f"{name} (out={_compact(_tuple(module.output_size, len(shape) - 1))})"
-    if isinstance(module, nn.GroupNorm):
-        return f"{name} ({module.num_groups} groups)"
-    if hasattr(module, "num_features"):
-        return f"{name} ({module.num_features})"
-    if hasattr(module, "p"):
-        return f"{name} (p={module.p})"
-    return name
-
-
-def _weight(module: nn.Module) -> str:
-    """Weight size as the lecture writes it: C_out x C_in x K x K, and in x out for linear."""
-    if isinstance(module, nn.Sequential):
-        return " + ".join(filter(None, (_weight(child) for child in module)))
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        return ""
-    if isinstance(module, nn.Linear):
-        return f"{module.in_features} x {module.out_features}"
-    return fmt_shape(weight.shape)
-
-
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _macs(module: nn.Module, out: Shape) -> int:
-    """Multiply-accumulates per sample of the conv and linear layers (the bulk of the work)."""
-    if isinstance(module, nn.Sequential):
-        return sum(_macs(child, out) for child in module)
-    if isinstance(module, _ConvNd):
-        return math.prod(out) * module.weight[0].numel()
-    if isinstance(module, nn.Linear):
-        return module.in_features * module.out_features
-    return 0

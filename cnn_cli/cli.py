@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
-from cnn_cli import data, distributed, rundir, streams, sweep, trust
+from cnn_cli import data, distributed, rundir, schema, streams, sweep, trust
 from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
                             want_traceback)
 from cnn_cli.summary import format_table
@@ -58,17 +58,26 @@ def _log_file(path: str) -> str:
     return path if _WRITES else os.devnull
 
 
-OmegaConf.register_new_resolver("cnn_run_dir", _run_dir, replace=True)
-OmegaConf.register_new_resolver("cnn_hydra_subdir", _hydra_subdir, replace=True)
 def _layer_names() -> str:
     """What cnn-summary --help lists: every layer a model config may name, wrapped."""
     return textwrap.fill(", ".join([*sorted(CATALOGUE), *COMPOSITES]), width=96, initial_indent="  ",
                          subsequent_indent="  ")
 
 
-OmegaConf.register_new_resolver("cnn_log_file", _log_file, replace=True)
-OmegaConf.register_new_resolver("cnn_layer_names", _layer_names, replace=True)
-OmegaConf.register_new_resolver("cnn_job_dir", sweep.job_folder, replace=True)
+_RESOLVERS = {"cnn_run_dir": _run_dir, "cnn_hydra_subdir": _hydra_subdir, "cnn_log_file": _log_file,
+             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder}
+
+
+def register() -> None:
+    """Make known what the configs name but do not define: the schemas their defaults lists
+    choose (Hydra's ConfigStore) and the resolvers their Hydra settings call (${cnn_run_dir:...}).
+    Every entry point calls it before Hydra composes (under torchrun, every rank), and so
+    must code that composes the configs itself (tests, benchmarks); calling it again changes
+    nothing. The joblib and submitit launchers' worker processes get both from Hydra, which
+    sends its ConfigStore and OmegaConf's resolvers along with each job."""
+    schema.register()
+    for name, resolver in _RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
 def main(app: Callable[[], Any]) -> None:
@@ -81,6 +90,7 @@ def main(app: Callable[[], Any]) -> None:
     os.environ.setdefault(TRACEBACK_ENV, "1" if want_traceback() else "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     streams.protect()
+    register()
     try:
         try:
             trust.check_command_line(sys.argv[1:])
@@ -135,7 +145,7 @@ def summary() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @report_user_errors
 def _train(cfg: DictConfig) -> float:
-    from cnn_cli import train  # imported here: torchvision alone costs cnn-summary 2 s
+    from cnn_cli import train  # imported here: it imports torchvision, slow to import, which cnn-summary need not
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Only these torchvision.datasets classes can be named in a config (configs travel inside
-# shared checkpoints). torchvision is imported only when one is opened: its import costs
-# 2.8 s, which a run on the bundled sample or a config error need not pay.
+# shared checkpoints). torchvision is imported only when one is opened: its import is a
+# large part of start-up (README, Performance), which a run on the bundled sample or a
+# config error need not pay.
 SOURCES = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets
 BASIC_MOTIONS = "basic_motions"  # 80 smartwatch IMU recordings (6 x 100), shipped in cnn_cli/assets

@@ -96,25 +96,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
     if path != Path(cfg.checkpoint).expanduser():
         log.info("evaluating %s", path)
-    # the data is looked for here, never where the checkpoint's author kept it, and not downloaded
-    if train_cfg.dataset.source == data_mod.IMAGEFOLDER:
-        if not cfg.root:
-            raise UserError("the run trained on a folder of images: give it with root=DIR (the same tree, so that "
-                            "its split is the same)")
-        train_cfg.dataset.cache_dir = None  # the cache goes in DIR or the user's cache folder, as for training
-    train_cfg.dataset.root = cfg.root or "data"
-    train_cfg.dataset.download = False
+    _data_from_root(train_cfg.dataset, cfg.root)
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
-    try:
-        precision = runtime.check_precision(cfg.precision or train_cfg.trainer.precision, device)
-    except UserError:
-        if cfg.precision:
-            raise
-        log.info("the run's precision %s is not available on %s: evaluating in float32", train_cfg.trainer.precision,
-                 device.type)
-        precision = "32"
+    precision = _precision(cfg.precision, train_cfg.trainer.precision, device)
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
     runtime.to_memory_format(model.to(device), memory_format)
@@ -150,6 +136,29 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     except UserError as err:  # a read-only folder: the report above is the result
         log.warning("note: the report was not saved (%s)", str(err).split(";")[0])
     return report
+
+
+def _data_from_root(dataset: DictConfig, root: str | None) -> None:
+    """Point the run's dataset config at root= (default data/): the data is looked for
+    there, never where the checkpoint's author kept it, and not downloaded."""
+    if dataset.source == data_mod.IMAGEFOLDER:
+        if not root:
+            raise UserError("the run trained on a folder of images: give it with root=DIR (the same tree, so that "
+                            "its split is the same)")
+        dataset.cache_dir = None  # the cache goes in DIR or the user's cache folder, as for training
+    dataset.root = root or "data"
+    dataset.download = False
+
+
+def _precision(asked: str | None, run_precision: str, device: torch.device) -> str:
+    """precision= if given (an error if the device cannot run it), else the run's own, else float32."""
+    try:
+        return runtime.check_precision(asked or run_precision, device)
+    except UserError:
+        if asked:
+            raise
+        log.info("the run's precision %s is not available on %s: evaluating in float32", run_precision, device.type)
+        return "32"
 
 
 def _max_difference(model: nn.Module, other: nn.Module, data: Data, split: Split, batch_size: int) -> float:

@@ -56,8 +56,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 # What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
 # (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). 5-D
-# batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d in 4 of 5 runs on
-# this project's 2-core CPU (README, Performance). Measure a device with
+# batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d on this
+# project's CPU and on a GPU (README, Performance). Measure a device with
 # `python benchmarks/memory_format.py --device cuda` and drop the 5 here if it loses there.
 # 3-D batches (N, C, L) have no channels-last format and stay contiguous.
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -85,6 +85,6 @@ def make_deterministic(on: bool) -> None:
     """Deterministic kernels, so a resumed run repeats an uninterrupted one bit for bit."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if on != torch.are_deterministic_algorithms_enabled():  # the call imports torch._dynamo: 2.8 s
+    if on != torch.are_deterministic_algorithms_enabled():  # the call imports torch._dynamo, slow to import
         torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = not on

@@ -233,8 +233,8 @@ def _plot_signal(signal: Tensor, width: int = 160, height: int = 64) -> Image.Im
 
 def tile_grid(tiles: Tensor, nrow: int, pad_value: float, padding: int = 2) -> Tensor:
     """N x C x H x W tiles -> one C x H' x W' image, `nrow` tiles a row, as
-    torchvision.utils.make_grid lays them out (written here: importing torchvision costs
-    every start 2.8 s)."""
+    torchvision.utils.make_grid lays them out (written here: importing torchvision would
+    slow every start)."""
     n, c, h, w = tiles.shape
     rows = -(-n // nrow)
     cols = min(n, nrow)

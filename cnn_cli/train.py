@@ -171,21 +171,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
     if init is not None:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
-    data = data_mod.load(cfg.dataset, device)
-    log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
-             len(data.test), device)
-    if not len(data.val):
-        log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
-                 "last epoch")
-
-    if trainer.batch_size > len(data.train):  # e.g. a small folder of one's own images: each step takes them all
-        whole = len(data.train) - len(data.train) % rank.world
-        if not whole:
-            raise UserError(f"{data.name} has {len(data.train)} training samples, fewer than the {rank.world} "
-                            "processes")
-        log.warning("trainer.batch_size=%d is larger than the %d training samples of %s: using batches of %d (the "
-                    "checkpoint records that)", trainer.batch_size, len(data.train), data.name, whole)
-        trainer.batch_size = whole
+    data = _data(cfg, device, rank)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
@@ -220,6 +206,27 @@ def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     rank_of_samples = len(cfg.dataset.input_shape)
     return runtime.to_memory_format(model, runtime.memory_format(cfg.trainer.channels_last, rank_of_samples))
+
+
+def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> data_mod.Data:
+    """The dataset on the device, described in the log; a batch larger than the training set
+    becomes the whole set (in cfg.trainer.batch_size, so the checkpoint records it)."""
+    trainer = cfg.trainer
+    data = data_mod.load(cfg.dataset, device)
+    log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
+             len(data.test), device)
+    if not len(data.val):
+        log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
+                 "last epoch")
+    if trainer.batch_size > len(data.train):  # e.g. a small folder of one's own images: each step takes them all
+        whole = len(data.train) - len(data.train) % rank.world
+        if not whole:
+            raise UserError(f"{data.name} has {len(data.train)} training samples, fewer than the {rank.world} "
+                            "processes")
+        log.warning("trainer.batch_size=%d is larger than the %d training samples of %s: using batches of %d (the "
+                    "checkpoint records that)", trainer.batch_size, len(data.train), data.name, whole)
+        trainer.batch_size = whole
+    return data
 
 
 def train(run: Run) -> float:

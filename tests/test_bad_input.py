@@ -388,6 +388,10 @@ CASES: dict[str, Case] = {
     "shadowing_a_hydra_plugin_config": summary(
         "--config-dir", "cfg", setup=_configs({"hydra/launcher/basic.yaml": "_target_: os.system\n"}),
         expect=("cfg/hydra/launcher/basic.yaml", "may not hold hydra/ configs")),
+    "shadowing_cnn_trains_hydra_settings": train(  # train.yaml chooses hydra/default: ours, never the folder's
+        SAMPLE, "--config-dir", "cfg", setup=_configs(
+            {"hydra/default.yaml": "callbacks:\n  wipe: {_target_: builtins.open, file: victim.txt, mode: w}\n"}),
+        expect=("cfg/hydra/default.yaml", "may not hold hydra/ configs")),
     "yaml_syntax_error": summary(
         "--config-dir", "cfg", "model=bad", setup=_configs({"model/bad.yaml": "name: bad\nlayers: [relu\n"}),
         expect=("cfg/model/bad.yaml", "line ", "not valid YAML")),

@@ -15,8 +15,11 @@ from hydra import compose, initialize_config_module
 from torch import nn
 
 from cnn_cli.builder import build_from_config, build_model
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.layers import CATALOGUE
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}

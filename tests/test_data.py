@@ -21,10 +21,12 @@ import torch
 from hydra import compose, initialize_config_module
 from torchvision import datasets
 
-import cnn_cli.cli  # noqa: F401  registers the cnn_run_dir / cnn_hydra_subdir resolvers train.yaml uses
 from cnn_cli import data
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from helpers import MNIST_FILES, cnn, mnist_images, tiny, write_idx
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 N_TRAIN, N_TEST, VAL = 300, 50, 60  # write_idx's default sizes, and a validation split
 

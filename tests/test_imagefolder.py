@@ -16,11 +16,13 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data, imagefolder, images
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
 from helpers import BIN, cnn
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 CLASSES = ["ant", "bee", "cow"]
 

@@ -11,7 +11,10 @@ import torch
 from hydra import compose, initialize_config_module
 
 from cnn_cli.builder import build_from_config, build_model
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 MODELS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 # the dataset each shipped model is meant for (the others: CIFAR-sized random pictures)

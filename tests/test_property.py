@@ -21,12 +21,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, train
 from cnn_cli.builder import build_from_config, build_model
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
-from cnn_cli.layers import CATALOGUE, COMPOSITES
+from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 pytestmark = pytest.mark.slow  # dozens of real training runs, in process
 
@@ -70,7 +72,7 @@ def fits(layers: list[Spec], shape: tuple[int, ...]) -> tuple[int, ...] | None:
 def grow(layers: list[Spec], shape: tuple[int, ...], rng: random.Random, used: Counter, length: int,
          nested: bool = False) -> list[Spec]:
     """Append up to `length` layers that fit, preferring the least used so far (so a few dozen
-    stacks cover the whole catalogue), now and then a residual or repeat block (not nested)."""
+    stacks cover the whole catalogue), now and then a residual, repeat or stage block (not nested)."""
     start = len(layers)
     for _ in range(length * 4):
         if len(layers) - start >= length:
@@ -83,6 +85,9 @@ def grow(layers: list[Spec], shape: tuple[int, ...], rng: random.Random, used: C
         elif roll < 0.2:
             body = grow([], out, rng, used, rng.randint(1, 2), nested=True)
             proposal = {"repeat": {"times": 2, "layers": body}} if body else None
+        elif roll < 0.26 and len(out) > 1:
+            proposal = {"stage": {"block": rng.choice(sorted(BLOCKS)), "out_channels": rng.choice([2, 4]),
+                                  "times": rng.randint(1, 2), "stride": rng.randint(1, 2)}}
         else:
             names = sorted(CATALOGUE, key=lambda n: (used[n], rng.random()))
             proposal = layer_spec(names[0] if rng.random() < 0.7 else rng.choice(names), out, rng)
@@ -99,7 +104,9 @@ def random_stack(index: int, seed: int, used: Counter) -> tuple[tuple[int, ...],
     layers = grow([], shape, rng, used, rng.randint(2, 7))
     if len(fits(layers, shape)) > 1:
         layers.append("flatten")
+        used["flatten"] += 1
     layers.append({"linear": {"out_features": 3}})
+    used["linear"] += 1
     return shape, layers
 
 

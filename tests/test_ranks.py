@@ -14,12 +14,15 @@ from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data, tb
 from cnn_cli.builder import build_model
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
 from helpers import cnn
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
+
 
 SHAPES = {1: (3, 20), 2: (3, 9, 8), 3: (2, 5, 6, 7)}
 

@@ -191,8 +191,10 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
 def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+    from cnn_cli.cli import register
     from cnn_cli.optim import build_scheduler
+
+    register()
 
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides=[f"scheduler={scheduler}", "scheduler.warmup_epochs=1"])
@@ -231,7 +233,9 @@ def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: 
 def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins() -> None:
     from hydra import compose, initialize_config_module
 
-    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+    from cnn_cli.cli import register
+
+    register()
 
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         plain = compose("train")
@@ -246,7 +250,9 @@ def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins()
 def _composed(*overrides: str):
     from hydra import compose, initialize_config_module
 
-    import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
+    from cnn_cli.cli import register
+
+    register()
 
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         return compose("train", overrides=list(overrides))

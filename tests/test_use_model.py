@@ -18,13 +18,15 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-import cnn_cli.cli  # noqa: F401  registers the resolvers train.yaml uses
 from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.builder import build_from_config
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate, load_trained
 from cnn_cli.export import run_export
 from helpers import BIN, cnn, one_error_line, user_env
+
+register()  # the schemas and resolvers the configs name, as every entry point does first
 
 ROOT = Path(__file__).resolve().parents[1]
 PICKED = [0, 150, 250, 350, 450, 550, 650, 750, 850, 950]  # sample test images of every class (sorted by class)

@@ -57,8 +57,8 @@ def site(wheel, tmp_path_factory) -> Path:
 
 def test_wheel_ships_configs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("cnn_cli/configs/__init__.py", "cnn_cli/assets/mnist_sample.npz", "cnn_cli/builder.py",
-                 "cnn_cli/layers.py", "cnn_cli/cli.py"):
+    for name in ("cnn_cli/configs/__init__.py", "cnn_cli/configs/hydra/default.yaml", "cnn_cli/assets/mnist_sample.npz",
+                 "cnn_cli/builder.py", "cnn_cli/layers.py", "cnn_cli/cli.py"):
         assert name in names, name
     # every config of every group (a group missing from pyproject's packages would be left out)
     shipped = {n.removeprefix("cnn_cli/configs/") for n in names
@@ -95,3 +95,17 @@ def test_installed_wheel_prints_lenet5_table(site, tmp_path):
     assert "Total params: 1,256,080" in proc.stdout
     assert "Linear (2450 -> 500)" in proc.stdout
     assert list(run_dir.iterdir()) == []
+
+
+def test_installed_wheel_composes_cnn_trains_hydra_settings(site, tmp_path):
+    """train.yaml's `- hydra: default` finds configs/hydra/default.yaml in the wheel."""
+    code = "import sys; sys.argv=['cnn-train','--cfg','hydra']; from cnn_cli.cli import train; train()"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+    env["PYTHONPATH"] = str(site)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    for setting in ("_target_: cnn_cli.rundir.OwnRunFolder", "dir: ${cnn_run_dir:${resume},outputs/",
+                    "name: train", "hydra: default"):
+        assert setting in proc.stdout, setting
+    assert list(tmp_path.iterdir()) == []
