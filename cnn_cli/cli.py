@@ -106,6 +106,8 @@ def main(app: Callable[[], Any]) -> None:
             _discard_attempt(*attempt)
         if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
             err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
+        if isinstance(err, ValueError) and str(err).startswith("Only one of --run"):  # Hydra's own flags
+            err = UserError(f"{err}; for the config of a sweep's job: the same command without -m, with --cfg job")
         if not isinstance(err, REPORTED) or want_traceback():
             raise
         message = describe(err)

@@ -206,6 +206,9 @@ def train(*args: str, expect: tuple[str, ...], setup=None, needs_run: bool = Fal
 
 CASES: dict[str, Case] = {
     # ---- composing the config: unknown options and keys, wrong types, syntax
+    "sweep_and_print_the_config": train(
+        "-m", "--cfg", "hydra",
+        expect=("Only one of --run, --multirun, --cfg", "the same command without -m, with --cfg job")),
     "unknown_model_option": train(
         "model=lenet6",
         expect=("model=lenet6: no such model config", "available: ", "lenet5, lenet5_1998, lenet5_bn", "resnet20",
