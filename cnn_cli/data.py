@@ -43,6 +43,7 @@ IMAGEFOLDER_ONLY = {"test_size": 0, "resize": None, "cache_dir": None, "workers"
                     "skip_bad": True}
 FLOAT_SOURCES = (BASIC_MOTIONS,)  # samples are float32 readings; every other source's are uint8 pixels
 FALLBACK_NAME = "mnist_sample (fallback)"
+MAX_CLASSES = 100_000  # far above any real label set (ImageNet-21k has 21,841), so a typo cannot fill memory
 
 
 @dataclass
@@ -117,10 +118,19 @@ def channel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
 
 def resolve(cfg: DictConfig) -> None:
     """Fill in what a dataset config may leave to its files (dataset=imagefolder: the input
-    shape, classes and normalisation, decoding the images once), then check it."""
+    shape, classes and normalisation, decoding the images once) or to its size (dataset=random:
+    classes named 0, 1, ...), then check it."""
     if cfg.source == IMAGEFOLDER:
         imagefolder.resolve(cfg)
+    elif cfg.source == RANDOM and cfg.classes is None and cfg.num_classes is not None:
+        _check_num_classes(cfg.num_classes)
+        cfg.classes = [str(i) for i in range(cfg.num_classes)]
     check(cfg)
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"dataset.num_classes={num_classes} must be from 2 to {MAX_CLASSES:,}")
 
 
 def check(cfg: DictConfig) -> None:
@@ -139,8 +149,7 @@ def check(cfg: DictConfig) -> None:
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise UserError(f"dataset.input_shape={shape}: give one sample's shape with the channels first: [C, L] "
                         "(1-D), [C, H, W] (2-D) or [C, D, H, W] (3-D), every size >= 1")
-    if cfg.num_classes < 2:
-        raise UserError(f"dataset.num_classes={cfg.num_classes} must be >= 2")
+    _check_num_classes(cfg.num_classes)
     if len(cfg.classes) != cfg.num_classes:
         raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is "
                         f"{cfg.num_classes}")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from cnn_cli import data
 from cnn_cli.builder import build_from_config, build_model
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
@@ -27,6 +28,7 @@ DATASETS = {"lenet5": ["dataset=mnist"], "lenet5_bn": ["dataset=mnist"], "lenet5
 def build(model: str, *overrides: str):
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("summary", overrides=[f"model={model}", *DATASETS.get(model, ["dataset=random"]), *overrides])
+    data.resolve(cfg.dataset)  # as cnn-summary does: the dataset's checks first
     return build_from_config(cfg)
 
 

@@ -137,11 +137,22 @@ def test_bundled_basic_motions_is_the_archive_split_normalised_by_its_training_s
     (("dataset=random", "dataset.input_shape=[0,10]"), "every size >= 1"),
     (("dataset=random", "dataset.input_shape=[2,10]", "dataset.std=[1,0]"), "every value must be > 0"),
     (("dataset=random", "dataset.input_shape=[2,10]", "dataset.mean=[0.5]"), "got 1 and 2"),
-    (("dataset=random", "dataset.num_classes=1", "dataset.classes=[a]"), "num_classes=1 must be >= 2"),
+    (("dataset=random", "dataset.num_classes=1", "dataset.classes=[a]"), "num_classes=1 must be from 2 to 100,000"),
+    (("dataset=random", "dataset.num_classes=1000000000"), "num_classes=1000000000 must be from 2 to 100,000"),
 ])
 def test_dataset_configs_that_cannot_train_are_refused_before_any_data(overrides, message) -> None:
     with pytest.raises(UserError, match=message):
-        data.check(compose_train(*overrides).dataset)
+        data.resolve(compose_train(*overrides).dataset)
+
+
+def test_random_data_names_its_classes_by_number_unless_given() -> None:
+    """So a 1000-class network (AlexNet as published) is one override: dataset.num_classes=1000."""
+    numbered = compose_train("dataset=random", "dataset.num_classes=1000").dataset
+    data.resolve(numbered)
+    assert list(numbered.classes) == [str(i) for i in range(1000)]
+    named = compose_train("dataset=random", "dataset.num_classes=2", "dataset.classes=[cat,dog]").dataset
+    data.resolve(named)
+    assert list(named.classes) == ["cat", "dog"]
 
 
 def test_a_picture_that_cannot_be_drawn_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
