@@ -52,6 +52,7 @@ def save_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
     and affine parameters made non-trivial so that folding them changes every weight."""
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+    data_mod.resolve(cfg.dataset)  # as cnn-train does before it records the config
     torch.manual_seed(seed)
     model = build_from_config(cfg).model
     with torch.no_grad():
