@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 from cnn_cli.geometry import Field, Shape, check_window, fmt_shape
 from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES, SEPARATES, TRANSPARENT, LayerKind, Residual, kind_of
 
@@ -242,7 +242,7 @@ class _Walk:
         window = kind.window(module, shape, None)
         self.warnings += check_window(window, shape, at) if window else []
         out = _propagate(module, shape, at)
-        field_in, window = self.field.of(shape), kind.window(module, shape, out)
+        field_in, window = self.field.of(shape), window or kind.window(module, shape, out)  # an adaptive pool's
         self.field = field_in.through(window) if window else self.field
         self._note_composition(kind, (path, module, field_in), self.field.of(out))
         self.rows.append(Row(path, kind.label(module, shape), out, kind.weight(module), _params(module),
@@ -326,14 +326,8 @@ def _construct(kind: LayerKind, kwargs: dict[str, Any], at: str, shape: Shape) -
             warnings.simplefilter("ignore", UserWarning)
             return kind.cls(**kwargs)
     except Exception as err:  # noqa: BLE001 - TypeError, ValueError, ZeroDivisionError, OverflowError, ...
-        raise UserError(f"{at}: {_first_line(err)} (incoming shape {fmt_shape(shape)}); see the "
+        raise UserError(f"{at}: {first_line(err)} (incoming shape {fmt_shape(shape)}); see the "
                         f"torch.nn.{kind.cls.__name__} docs") from None
-
-
-def _first_line(err: Exception) -> str:
-    """PyTorch's message without the C++ frames some of them carry."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
@@ -344,7 +338,7 @@ def _propagate(module: nn.Module, shape: Shape, at: str) -> Shape:
             out = module.eval()(torch.zeros((2, *shape)))
         module.train()
     except Exception as err:  # noqa: BLE001 - the layer's arguments do not fit this input
-        raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {_first_line(err)}") from None
+        raise UserError(f"{at}: cannot take input {fmt_shape(shape)}: {first_line(err)}") from None
     if not isinstance(out, torch.Tensor):
         raise UserError(f"{at}: returns a {type(out).__name__}, not one tensor the next layer can take "
                         "(return_indices?); leave that option out")

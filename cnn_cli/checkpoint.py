@@ -21,24 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.resolvers import oc
 
 from cnn_cli import optim
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write atomically: a reader (or a crash) sees the previous checkpoint or the new one,
     never a torn file."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    write_file(path, lambda f: torch.save(state, f))
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a small text file (metrics.json) atomically, like the checkpoints."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
-    """Write any file atomically; `check(temporary path)` may inspect the complete file first
-    and raise to keep nothing (cnn-export loads what it wrote with its own runtime)."""
-    _atomic_write(path, write, check)
+    write_file(path, lambda f: f.write(text.encode()))
 
 
 def output_file(value: str, key: str = "output") -> Path:
@@ -52,8 +46,10 @@ def output_file(value: str, key: str = "output") -> Path:
     return path
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
-    """Temporary file in the same folder, flush, fsync, (check,) rename over `path`.
+def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
+    """Write any file atomically: temporary file in the same folder, flush, fsync, rename over
+    `path`. `check(temporary path)` may inspect the complete file first and raise to keep
+    nothing (cnn-export loads what it wrote with its own runtime).
 
     The temporary file is created exclusively (O_EXCL, no symlink followed: mkstemp) and the
     rename replaces whatever is at `path`, a planted symlink included, instead of writing
@@ -137,7 +133,7 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
                         f"({found.group(1)}), and loading it could run code; open it only if you trust where it "
                         "came from") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as err:
-        reason = re.split(r"\. ", str(err).strip().splitlines()[0])[0][:160]
+        reason = re.split(r"\. ", first_line(err))[0][:160]
         raise UserError(f"{key}={path}: {p} is not a readable checkpoint (truncated or not a cnn-cli "
                         f"checkpoint: {reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

@@ -77,12 +77,11 @@ class Data:
 def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     """Load cfg (a dataset config) into tensors on `device`, holding out the validation split
     (none with val_size=0: then the whole training set trains)."""
-    resolve(cfg)
-    if cfg.source == IMAGEFOLDER:  # split by the tree or stratified, and maybe mapped: its own reader
-        splits, skipped = imagefolder.read(cfg, device)
-        mean, std = channel_stats(cfg)
-        return Data(*(Split(*split) for split in splits), cfg.name, torch.tensor(mean, device=device),
-                    torch.tensor(std, device=device), skipped)
+    opened = resolve(cfg)
+    mean, std = (torch.tensor(values, device=device) for values in channel_stats(cfg))
+    if opened is not None:  # dataset=imagefolder: split by the tree or stratified, and maybe mapped: its own reader
+        splits, skipped = imagefolder.read(cfg, device, *opened)
+        return Data(*(Split(*split) for split in splits), cfg.name, mean, std, skipped)
     train_x, train_y, test_x, test_y, name = _read(cfg)
     _check_contents(name, cfg.num_classes, (train_y, "training"), (test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
@@ -97,9 +96,8 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     def split(images: Tensor, labels: Tensor) -> Split:
         return Split(images.to(device), labels.to(device))
 
-    mean, std = channel_stats(cfg)
     return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
-                split(test_x, test_y), name, torch.tensor(mean, device=device), torch.tensor(std, device=device))
+                split(test_x, test_y), name, mean, std)
 
 
 # Pixels drawn uniformly from 0..255 scale to [0, 1], whose mean is 1/2 and std 1/sqrt(12).
@@ -116,16 +114,19 @@ def channel_stats(cfg: DictConfig) -> tuple[list[float], list[float]]:
     return list(cfg.mean), list(cfg.std)
 
 
-def resolve(cfg: DictConfig) -> None:
+def resolve(cfg: DictConfig) -> tuple[imagefolder.Listing, imagefolder.Cache] | None:
     """Fill in what a dataset config may leave to its files (dataset=imagefolder: the input
     shape, classes and normalisation, decoding the images once) or to its size (dataset=random:
-    classes named 0, 1, ...), then check it."""
+    classes named 0, 1, ...), then check it. Returns what dataset=imagefolder found in its
+    tree (listing and cache), so that `load` reads it without a second walk."""
+    opened = None
     if cfg.source == IMAGEFOLDER:
-        imagefolder.resolve(cfg)
+        opened = imagefolder.resolve(cfg)
     elif cfg.source == RANDOM and cfg.classes is None and cfg.num_classes is not None:
         _check_num_classes(cfg.num_classes)
         cfg.classes = [str(i) for i in range(cfg.num_classes)]
     check(cfg)
+    return opened
 
 
 def _check_num_classes(num_classes: int) -> None:

@@ -74,12 +74,19 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message without the lines (C++ frames, context) some of them carry; its
+    type's name when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def describe(err: Exception) -> str:
     """One line for any REPORTED error: the key or file, and the fix."""
     if isinstance(err, UserError):
         return str(err)
     cause = err.__cause__ or err
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return (f"{group}={name}: no such {group} config; available: {', '.join(sorted(err.options))} "
@@ -96,8 +103,7 @@ def describe(err: Exception) -> str:
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"{key} must be given, e.g. {key}=VALUE on the command line"
     if isinstance(cause, ValidationError) and key:
-        message = str(cause).strip().splitlines()[0]
-        return f"{key}: {message}"
+        return f"{key}: {first_line(cause)}"
     if isinstance(err, OSError) and err.filename:
         return f"{err.filename}: {err.strerror}; check that the path exists and that you may use it"
     return first

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
 
@@ -161,7 +161,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
             raise
         except Exception as err:  # each exporter raises its own kinds; HYDRA_FULL_ERROR=1 shows the traceback
             raise UserError(f"format={cfg.format}: the exporter failed on model '{trained.config.model.name}' "
-                            f"({str(err).strip().splitlines()[0][:200]}); nothing was written") from err
+                            f"({first_line(err)[:200]}); nothing was written") from err
 
     checkpoint.write_file(out, write, check=verify)
     report.update({"output": str(out), "format": cfg.format, "bytes": out.stat().st_size, "verified_on": source,
@@ -198,7 +198,7 @@ def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trai
         run = load(path)
     except Exception as err:  # each runtime raises its own kinds
         raise UserError(f"the {name} file just written does not load with its own runtime "
-                        f"({str(err).strip().splitlines()[0][:200]}); nothing was kept") from None
+                        f"({first_line(err)[:200]}); nothing was kept") from None
     worst, agree = 0.0, 0
     with torch.inference_mode():
         expected = trained.model(trained.normalize(raw))

@@ -24,22 +24,22 @@ class Window:
 
     kernel: Shape
     stride: Shape
-    padding: Shape | None = None
-    dilation: Shape | None = None
+    padding: Shape | None
+    dilation: Shape
     ceil_mode: bool = False
 
     @property
     def spans(self) -> Shape:
         """Input positions one window covers: a dilated kernel spans d x (K - 1) + 1."""
-        dilation = self.dilation or (1,) * len(self.kernel)
-        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, dilation))
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
 
 def adaptive_window(shape: Shape, out: Shape) -> Window:
     """The window an adaptive pool averages over: ceil(W / O) wide, every W // O positions
     (at least 1, for an output larger than its input)."""
+    n = len(shape) - 1
     return Window(tuple(math.ceil(w / o) for w, o in zip(shape[1:], out[1:])),
-                  tuple(max(1, w // o) for w, o in zip(shape[1:], out[1:])), (0,) * (len(shape) - 1))
+                  tuple(max(1, w // o) for w, o in zip(shape[1:], out[1:])), (0,) * n, (1,) * n)
 
 
 def check_window(window: Window, shape: Shape, at: str) -> list[str]:
@@ -50,7 +50,7 @@ def check_window(window: Window, shape: Shape, at: str) -> list[str]:
     found = []
     n = len(shape) - 1
     for axis, (w, k, s, p, d, span) in enumerate(zip(shape[1:], window.kernel, window.stride, window.padding,
-                                                      window.dilation or (1,) * n, window.spans)):
+                                                      window.dilation, window.spans)):
         if min(k, s, d) < 1 or p < 0:
             raise UserError(f"{at}: kernel_size, stride and dilation must be >= 1 and padding >= 0; "
                             f"got kernel {k}, stride {s}, dilation {d}, padding {p}")

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from cnn_cli import checkpoint, images
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,11 @@ class Cache:
 # ---------------------------------------------------------------------------- config
 
 
-def resolve(cfg: DictConfig) -> None:
+def resolve(cfg: DictConfig) -> tuple[Listing, Cache]:
     """Fill in what the user need not type (input_shape, num_classes, classes, mean, std) from
     the tree and its cache, decoding it if need be, so the model's `${dataset.num_classes}`
-    and every later tool see a complete dataset config (recorded in the checkpoint)."""
+    and every later tool see a complete dataset config (recorded in the checkpoint); returns
+    the tree's listing and cache, for `read` to use without walking the tree again."""
     check(cfg)
     listing = scan(cfg)
     with open_dict(cfg):
@@ -87,6 +88,7 @@ def resolve(cfg: DictConfig) -> None:
             cfg.mean = cfg.mean if cfg.mean is not None else mean
             cfg.std = cfg.std if cfg.std is not None else std
             log.info("normalisation from the training images: mean %s, std %s", _rounded(cfg.mean), _rounded(cfg.std))
+    return listing, cache
 
 
 def check(cfg: DictConfig) -> None:
@@ -234,7 +236,7 @@ def _map(path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[dict, np.
         if not (isinstance(meta, dict) and isinstance(meta.get("bad"), list) and isinstance(meta.get("stats"), dict)):
             raise _Damaged(f"{meta_path.name} is not its record")
     except (OSError, ValueError) as err:  # ValueError: a bad magic string, header or JSON
-        raise _Damaged(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        raise _Damaged(first_line(err)) from None
     return meta, np.frombuffer(mapping, dtype=np.uint8, offset=offset).reshape(shape), mapping
 
 
@@ -409,11 +411,10 @@ def _rounded(values: Sequence[float]) -> list[float]:
 # ---------------------------------------------------------------------------- reading
 
 
-def read(cfg: DictConfig, device: torch.device | str):
+def read(cfg: DictConfig, device: torch.device | str, listing: Listing, cache: Cache):
     """(train, val, test) as (images, labels) with images on `device`, or, for a cache larger
-    than dataset.max_memory_gb, as MappedSamples read batch by batch; and the bad-file count."""
-    listing = scan(cfg)
-    cache = open_cache(cfg, listing)
+    than dataset.max_memory_gb, as MappedSamples read batch by batch; and the bad-file count.
+    `listing` and `cache` are what `resolve` returned."""
     rows = split_rows(cfg, listing, bad_files(cache))
     labels = torch.from_numpy(listing.labels)
     budget = (cfg.max_memory_gb if cfg.max_memory_gb is not None else default_memory_gb()) * 1e9

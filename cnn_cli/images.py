@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _MODES = {1: "L", 3: "RGB"}  # channels -> the PIL mode that yields them
@@ -74,7 +74,7 @@ def decode_array(path: Path, shape: Sequence[int], resize: str | None = None) ->
                 image = _fit(image, size, resize)
             pixels = np.array(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise Unreadable(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+        raise Unreadable(first_line(err)) from None
     return pixels
 
 

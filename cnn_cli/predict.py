@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
 from cnn_cli import checkpoint, data as data_mod, images, runtime
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import load_trained
 
 NPY = ".npy"
@@ -117,7 +117,7 @@ def _read_npy(path: Path, shape: tuple[int, ...], floats: bool) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise images.Unreadable(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+        raise images.Unreadable(first_line(err)) from None
     if not isinstance(array, np.ndarray):
         raise images.Unreadable("an .npz archive, not one .npy array")
     if floats and array.dtype.kind != "f":

@@ -73,7 +73,7 @@ def to_memory_format(model: torch.nn.Module, fmt: torch.memory_format) -> torch.
     """Put the model's weights of the format's rank (conv kernels) in `fmt`. Not Module.to:
     it converts every 4-D and 5-D tensor, and a layernorm's 4-D weight in a 3-D network has
     no channels_last_3d layout."""
-    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt)
+    rank = next((n for n, channels_last in CHANNELS_LAST.items() if channels_last == fmt), None)
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == rank:

@@ -187,10 +187,11 @@ def mistakes_grid(samples: Tensor, predicted: Tensor, true: Tensor, classes: Seq
     rank = samples.dim() - 1
     tag = {2: "test/misclassified_signals", 3: "test/misclassified", 4: "test/misclassified_middle_depth_slice"}[rank]
     tiles = []
+    mean, std = mean.cpu(), std.cpu()
     for i in wrong:
         sample = samples[i].cpu()
         if rank == 2:
-            picture = _plot_signal(normalize(sample[None], mean.cpu(), std.cpu())[0])
+            picture = _plot_signal(normalize(sample[None], mean, std)[0])
         else:
             picture = _image(sample[:, sample.shape[1] // 2] if rank == 4 else sample)
         tile = Image.new("RGB", (picture.width, picture.height + 14), "white")

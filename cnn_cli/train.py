@@ -32,7 +32,7 @@ from tqdm import tqdm
 import cnn_cli
 from cnn_cli import checkpoint, data as data_mod, distributed, optim, runtime, schema, tb
 from cnn_cli.builder import build_from_config
-from cnn_cli.errors import UserError
+from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
 from cnn_cli.summary import format_table
 
@@ -502,4 +502,4 @@ def _log_graph(writer: SummaryWriter, model: nn.Module, data: data_mod.Data) -> 
             writer.add_graph(model.eval(), example)
         model.train(was_training)
     except Exception as err:  # tracing is best effort: a graph is not worth failing a run
-        log.warning("could not trace the model graph for TensorBoard: %s", str(err).splitlines()[0])
+        log.warning("could not trace the model graph for TensorBoard: %s", first_line(err))
