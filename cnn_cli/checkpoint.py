@@ -35,17 +35,6 @@ def write_text(path: Path, text: str) -> None:
     write_file(path, lambda f: f.write(text.encode()))
 
 
-def output_file(value: str, key: str = "output") -> Path:
-    """A file a command was asked to write: not a folder, and not a device, pipe or socket,
-    which the atomic rename would replace (output=/dev/null run as root would remove it)."""
-    path = Path(value).expanduser()
-    if path.is_dir():
-        raise UserError(f"{key}={value} is a folder; give a file name in it, e.g. {key}={path / 'NAME'}")
-    if path.exists() and not path.is_file():
-        raise UserError(f"{key}={value} is not a regular file (a device, pipe or socket); give a file name")
-    return path
-
-
 def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
     """Write any file atomically: temporary file in the same folder, flush, fsync, rename over
     `path`. `check(temporary path)` may inspect the complete file first and raise to keep

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, data as data_mod, images, runtime
+from cnn_cli import checkpoint, data as data_mod, images, outputs, runtime
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import load_trained
 
@@ -34,7 +34,7 @@ def run_predict(cfg: DictConfig) -> int:
     batch_size = cfg.batch_size or trained.config.trainer.eval_batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
-    output = checkpoint.output_file(cfg.output) if cfg.output else None
+    output = outputs.output_file(cfg.output) if cfg.output else None
     files = expand(cfg.inputs)
     device = runtime.resolve_device(cfg.device)
     model = trained.model.to(device)
