@@ -91,6 +91,10 @@ def check_norm(model: DictConfig) -> None:
     """A model config with `norms` (lenet5_bn) lets model.norm choose one; any other choice
     would surface as an interpolation error deep in its layers."""
     norms = model.get("norms")
+    if not isinstance(norms, DictConfig) and "norm" in model:
+        raise UserError(f"model.norm={model.get('norm')}: the model '{model.get('name')}' has no norm switch (no "
+                        "`norms:` in its config), so it would be ignored; leave it out, or use a model that has "
+                        "one (model=lenet5_bn)")
     if isinstance(norms, DictConfig) and model.get("norm") not in norms:
         raise UserError(f"model.norm={model.get('norm')}: the model '{model.get('name')}' offers "
                         f"{' | '.join(map(str, norms))}")

@@ -164,15 +164,32 @@ FORMAT: dict[str, type] = {
 
 
 def recorded_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain data, for checkpoints and TensorBoard: every value that
-    comes from the environment (${oc.env:KEY}, also through other keys) is recorded as that
-    interpolation, so a secret never leaves this machine inside a shared checkpoint."""
+    """The resolved config as plain data, for checkpoints and TensorBoard: every text value
+    that comes from the environment (${oc.env:KEY}, also through other keys) is recorded as
+    that interpolation, so a secret never leaves this machine inside a shared checkpoint.
+    A number or switch from the environment (trainer.epochs=${oc.env:EP}) is recorded as its
+    value, which the run needs to be resumed and its model rebuilt."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # env text need not convert to a type
     OmegaConf.register_new_resolver("oc.env", lambda key, default=None: f"${{oc.env:{key}}}", use_cache=False,
                                     replace=True)
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        texts = OmegaConf.to_container(untyped, resolve=True)
     finally:
         OmegaConf.register_new_resolver("oc.env", oc.env, use_cache=False, replace=True)
+    return _hide_env_text(values, texts)
+
+
+def _hide_env_text(value: Any, text: Any) -> Any:
+    """`value` with each string replaced by `text`'s where that names an environment variable."""
+    if isinstance(value, dict):
+        return {k: _hide_env_text(v, text.get(k) if isinstance(text, dict) else None) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_env_text(v, text[i] if isinstance(text, list) and i < len(text) else None)
+                for i, v in enumerate(value)]
+    if isinstance(value, str) and isinstance(text, str) and "${oc.env:" in text:
+        return text
+    return value
 
 
 def stored_config(config: dict[str, Any]) -> DictConfig:

@@ -83,6 +83,11 @@ def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
     file = checkpoint.resolve(path, key, prefer=("best.pt", "last.pt"))
     state = checkpoint.load(file, key)
     train_cfg = checkpoint.stored_config(state["config"])
+    try:  # checked as cnn-train checks it: a shared checkpoint's dataset.std=[0] would predict NaN
+        data_mod.check(train_cfg.dataset)
+    except UserError as err:
+        raise UserError(f"{key}={path}: its stored config is not valid ({err}); it was damaged or edited, and cannot "
+                        "be used") from None
     model = build_from_config(train_cfg).model
     checkpoint.load_weights(model, state, f"{key}={path}")
     mean, std = (torch.tensor(values, dtype=torch.float32) for values in data_mod.channel_stats(train_cfg.dataset))

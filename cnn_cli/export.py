@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,11 +203,16 @@ def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trai
     worst, agree = 0.0, 0
     with torch.inference_mode():
         expected = trained.model(trained.normalize(raw))
+        if not expected.isfinite().all():  # then every comparison below would pass or fail by accident
+            raise UserError(f"the checkpoint's model gives non-finite logits (NaN or inf) on {len(raw)} verification "
+                            "samples: its weights or its dataset.mean/std are damaged; nothing was kept. Export a "
+                            "checkpoint that cnn-eval scores")
         for part in (raw[:1], raw):
             got = run(feed(part)).float()
-            worst = max(worst, (got - expected[:len(part)]).abs().max().item())
+            difference = (got - expected[:len(part)]).abs().max().item() if got.isfinite().all() else math.inf
+            worst = max(worst, difference)
         agree = int((got.argmax(1) == expected.argmax(1)).sum())
-    if not worst < TOLERANCE:  # NaN fails too
+    if not worst < TOLERANCE:
         raise UserError(f"the {name} file differs from the PyTorch model by up to {worst:.2e} in the logits (the "
                         f"limit is {TOLERANCE:.0e}); nothing was kept. Try fuse_bn=false, or another opset")
     return {"max_abs_difference": worst, "same_predictions": f"{agree}/{len(raw)}",

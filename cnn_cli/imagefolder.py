@@ -186,6 +186,7 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
     path = folder / f"{key}.npy"
     meta_path = folder / f"{key}.json"
     if path in _OPENED and path.is_file():
+        _refuse_bad(cfg, listing, _OPENED[path].meta["bad"])
         return _OPENED[path]
     expected = (len(listing.files), *cfg.input_shape)
     reused = path.is_file() and meta_path.is_file()
@@ -206,12 +207,19 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
         log.info("image cache written: %s", path)
         meta, array, mapping = _map(path, meta_path, expected)
     bad = meta["bad"]
+    _refuse_bad(cfg, listing, bad)
     if bad:
         names = ", ".join(name for name, _ in bad[:MAX_NAMED]) + (f" and {len(bad) - MAX_NAMED} more"
                                                                   if len(bad) > MAX_NAMED else "")
         log.warning("skipped %d unreadable image file(s): %s", len(bad), names)
     _OPENED[path] = Cache(path, meta, array, mapping, reused)
     return _OPENED[path]
+
+
+def _refuse_bad(cfg: DictConfig, listing: Listing, bad: list) -> None:
+    """dataset.skip_bad=false refuses a cache decoded earlier with skip_bad=true as decoding refuses a bad file."""
+    if bad and not cfg.skip_bad:
+        _check_bad(listing.root / bad[0][0], bad[0][1], skip_bad=False)
 
 
 class _Damaged(Exception):

@@ -31,7 +31,7 @@ def run_predict(cfg: DictConfig) -> int:
     classes = [str(c) for c in dataset.classes]
     if not 1 <= cfg.top_k <= len(classes):
         raise UserError(f"top_k={cfg.top_k} must be between 1 and the number of classes ({len(classes)})")
-    batch_size = cfg.batch_size or trained.config.trainer.eval_batch_size
+    batch_size = trained.config.trainer.eval_batch_size if cfg.batch_size is None else cfg.batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
     output = outputs.output_file(cfg.output) if cfg.output else None

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnn_cli import checkpoint, data as data_mod, outputs
+from cnn_cli import checkpoint, data as data_mod, imagefolder, outputs
 from cnn_cli.builder import build_from_config
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
@@ -100,3 +100,81 @@ def test_outputs_beside_a_run_or_in_a_folder_merely_named_checkpoints_are_fine(r
     scripted = tmp_path / "model.torchscript.pt"  # an earlier export is written over by the next
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
     assert outputs.output_file(str(scripted)) == scripted
+
+
+# ------------------------------------------------------------------ 6: no wrong result with exit 0
+
+def _poison(value: float):
+    def edit(state: dict) -> None:
+        state["model"]["fc2.bias"].fill_(value)
+    return edit
+
+
+@pytest.mark.parametrize("fmt,value", [("onnx", float("nan")), ("exported", float("inf"))])
+def test_an_export_of_a_model_with_non_finite_outputs_fails_verification(tmp_path: Path, fmt: str,
+                                                                         value: float) -> None:
+    best = save_run(tmp_path / "run", edit=_poison(value))
+    cfg = OmegaConf.create({"checkpoint": str(best), "format": fmt, "output": str(tmp_path / "model.out"),
+                            "fuse_bn": True, "preprocess": True, "opset": None, "root": None})
+    with pytest.raises(UserError, match=r"non-finite logits \(NaN or inf\).*nothing was kept"):
+        run_export(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _predict_cfg(ckpt: Path, tmp_path: Path, **changes) -> OmegaConf:
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    return OmegaConf.create({"checkpoint": str(ckpt), "inputs": [str(tmp_path / "digit.png")], "top_k": 1,
+                             "batch_size": None, "device": "cpu", "output": None, **changes})
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_predict_batch_size_zero_is_refused_not_replaced(run: Path, tmp_path: Path, batch_size: int) -> None:
+    with pytest.raises(UserError, match=rf"batch_size={batch_size} must be >= 1"):
+        run_predict(_predict_cfg(run, tmp_path, batch_size=batch_size))
+
+
+@pytest.mark.parametrize("key,value,says", [("std", [0.0], "every value must be > 0"),
+                                            ("std", [-0.3], "every value must be > 0"),
+                                            ("mean", [0.1, 0.2], "one value per channel"),
+                                            ("num_classes", 7, "dataset.classes names 10 classes")])
+def test_a_shared_checkpoint_is_checked_as_training_checks_its_config(tmp_path: Path, capsys, key: str, value,
+                                                                      says: str) -> None:
+    best = save_run(tmp_path / "run", edit=lambda state: state["config"]["dataset"].update({key: value}))
+    with pytest.raises(UserError, match=rf"^checkpoint=.*best.pt: its stored config is not valid \(.*{says}"):
+        run_predict(_predict_cfg(best, tmp_path))
+    assert capsys.readouterr().out == ""  # not one prediction printed
+
+
+def test_values_from_the_environment_convert_and_text_stays_hidden(monkeypatch) -> None:
+    monkeypatch.setenv("EP", "3")
+    monkeypatch.setenv("LR", "0.05")
+    monkeypatch.setenv("SECRET", "hunter2")
+    cfg = composed("train", ["dataset=mnist_sample", "trainer.epochs=${oc.env:EP}", "optimizer.lr=${oc.env:LR}",
+                             "trainer.channels_last=${oc.env:FLAG,true}", "dataset.root=${oc.env:SECRET}/data"])
+    record = checkpoint.recorded_config(cfg)
+    assert record["trainer"]["epochs"] == 3 and record["optimizer"]["lr"] == 0.05
+    assert record["trainer"]["channels_last"] is True
+    assert record["dataset"]["root"] == "${oc.env:SECRET}/data" and "hunter2" not in str(record)
+    assert cfg.trainer.epochs == 3  # the live config still resolves
+
+
+@pytest.mark.parametrize("model", ["lenet5", "mlp", "resnet20"])
+def test_a_norm_switch_on_a_model_without_one_is_refused(model: str) -> None:
+    cfg = composed("train", [f"model={model}", "+model.norm=groupnorm", "dataset=mnist_sample"])
+    with pytest.raises(UserError, match=rf"model.norm=groupnorm: the model '{model}' has no norm switch"):
+        build_from_config(cfg)
+
+
+def test_skip_bad_false_holds_when_the_cache_was_decoded_with_skip_bad_true(tmp_path: Path) -> None:
+    for name in ("ant", "bee"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), i * 60).save(tmp_path / "pics" / name / f"{i}.png")
+    (tmp_path / "pics" / "bee" / "half.png").write_bytes((tmp_path / "pics" / "bee" / "0.png").read_bytes()[:30])
+    settings = ["dataset=imagefolder", f"dataset.root={tmp_path / 'pics'}", "dataset.workers=1"]
+    data_mod.resolve(composed("train", settings).dataset)  # skip_bad=true: the cache records half.png as bad
+    for reopened in (False, True):  # in this process, and as a later process maps it
+        if reopened:
+            imagefolder._OPENED.clear()
+        with pytest.raises(UserError, match=r"bee/half.png is not a readable image .*dataset.skip_bad=true"):
+            data_mod.resolve(composed("train", [*settings, "dataset.skip_bad=false"]).dataset)
