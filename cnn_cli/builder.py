@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from cnn_cli import bounds
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.geometry import Field, Shape, check_window, fmt_shape
 from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES, SEPARATES, TRANSPARENT, LayerKind, Residual, kind_of
@@ -242,6 +243,8 @@ class _Walk:
         if self.params > MAX_PARAMS:
             raise UserError(f"{at}: the model reaches {self.params:,} parameters here, more than {MAX_PARAMS:,}; "
                             "check out_channels / out_features")
+        bounds.check_memory(self.params * BYTES_PER_VALUE, f"{at}: the model's {self.params:,} float32 weights up to "
+                            "here", "check out_channels / out_features")
         module = _construct(kind, kwargs, at, shape)
         window = kind.window(module, shape, None)
         self.warnings += check_window(window, shape, at) if window else []

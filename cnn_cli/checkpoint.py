@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.resolvers import oc
 
-from cnn_cli import optim
+from cnn_cli import bounds, optim
 from cnn_cli.errors import UserError, first_line
 
 
@@ -112,6 +112,7 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
     if not zipfile.is_zipfile(p):  # every torch.save since PyTorch 1.6 writes a zip archive
         raise UserError(f"{key}={path}: {p} is not a readable checkpoint (empty, truncated, or not a cnn-cli "
                         "checkpoint)")
+    bounds.check_archive(p, f"{key}={path}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -127,6 +128,7 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
                         f"checkpoint: {reason})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{key}={path}: {p} is not a cnn-cli checkpoint (no model weights and config in it)")
+    bounds.check_record(state, f"{key}={path}: {p}")
     for entry, kind in FORMAT.items():
         if not isinstance(state.get(entry), kind):
             raise UserError(f"{key}={path}: {p} is not a complete cnn-cli checkpoint ('{entry}' is "

@@ -6,12 +6,13 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
-from cnn_cli import data, distributed, rundir, schema, streams, sweep, trust
+from cnn_cli import bounds, data, distributed, rundir, schema, streams, sweep, trust
 from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
                             want_traceback)
 from cnn_cli.summary import format_table
@@ -93,10 +94,13 @@ def main(app: Callable[[], Any]) -> None:
     register()
     try:
         try:
+            bounds.check_arguments(sys.argv[1:])
             trust.check_command_line(sys.argv[1:])
             app()
         except Refused as refused:
             raise refused.args[0] from None
+    except KeyboardInterrupt:
+        _interrupted()
     except Exception as err:
         swept = sweep.started()
         if swept is not None and sweep.report(swept):  # the jobs' own errors were printed as they failed
@@ -122,6 +126,24 @@ def main(app: Callable[[], Any]) -> None:
     swept = sweep.started()
     if swept is not None and sweep.report(swept):
         sys.exit(1)
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C where no handler saves (a second one while training saves, image decoding, an
+    export): one line and exit status 130; an attempt that saved no checkpoint leaves nothing."""
+    if want_traceback():
+        raise
+    attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
+    last = attempt[0] / "checkpoints" / "last.pt" if attempt is not None else None
+    if last is not None and last.is_file():
+        print(f"interrupted; last.pt is kept: continue with cnn-train resume={shlex.quote(str(attempt[0]))}",
+              file=sys.stderr)
+    elif attempt is not None:
+        _discard_attempt(*attempt)
+        print("interrupted before the run saved a checkpoint; start it again", file=sys.stderr)
+    else:
+        print("interrupted; nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 
 def explain(built: BuiltModel) -> None:

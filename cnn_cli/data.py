@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from cnn_cli import imagefolder
+from cnn_cli import bounds, imagefolder
 from cnn_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"dataset.input_shape={shape}: give one sample's shape with the channels first: [C, L] "
                         "(1-D), [C, H, W] (2-D) or [C, D, H, W] (3-D), every size >= 1")
     _check_num_classes(cfg.num_classes)
+    bounds.check_seed("dataset.split_seed", cfg.split_seed)
     if len(cfg.classes) != cfg.num_classes:
         raise UserError(f"dataset.classes names {len(cfg.classes)} classes but dataset.num_classes is "
                         f"{cfg.num_classes}")
@@ -173,8 +174,9 @@ def check(cfg: DictConfig) -> None:
     if any(s <= 0 for s in std):
         raise UserError(f"dataset.std={std}: every value must be > 0 (it divides)")
     augment = cfg.augment
-    if augment.crop_padding < 0:
-        raise UserError(f"dataset.augment.crop_padding={augment.crop_padding} must be >= 0")
+    if not 0 <= augment.crop_padding <= min(shape[1:]):  # more pads crops of nothing, and memory by its square
+        raise UserError(f"dataset.augment.crop_padding={augment.crop_padding} must be from 0 to the samples' "
+                        f"smallest side ({min(shape[1:])}); a few pixels, e.g. 4 for 32x32 images")
     if augment.flip and len(shape) == 2:
         raise UserError("dataset.augment.flip=true mirrors images left to right, but the samples are 1-D signals "
                         f"({' x '.join(map(str, shape))}: channels x steps), where that would reverse time; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -53,15 +54,16 @@ def report_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except Exception as err:
             reported = isinstance(err, REPORTED) and not want_traceback()
-            if reported:
-                print(f"error: {describe(err)}", file=sys.stderr)
             if not _in_multirun():
                 if reported:
+                    print(f"error: {describe(err)}", file=sys.stderr)
                     sys.exit(EXIT_BAD_INPUT)
                 raise
             from cnn_cli.sweep import record_failure
 
-            record_failure(describe(err) if reported else f"{type(err).__name__}: {err}", err)
+            message = describe(err) if reported else f"{type(err).__name__}: {first_line(err)}"
+            print(f"error: {message}", file=sys.stderr)  # one line per job; the traceback goes into its log
+            record_failure(message, err)
             raise
 
     return wrapper
@@ -81,8 +83,25 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+MAX_QUOTED = 1000  # characters of one value quoted from the input (a 900 kB layer name) in a message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LONG = re.compile(r"\S{%d,}" % (MAX_QUOTED + 1))
+
+
+def printable(text: str) -> str:
+    """`text` as one line: a newline or other control character in a name (a file, a class, a
+    value) shown escaped, so it cannot end the line and forge another ("error: ..."), and a
+    value longer than MAX_QUOTED cut, saying how long it was."""
+    text = _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
+    return _LONG.sub(lambda m: f"{m[0][:MAX_QUOTED]}...({len(m[0]):,} characters)", text)
+
+
 def describe(err: Exception) -> str:
     """One line for any REPORTED error: the key or file, and the fix."""
+    return printable(_explain(err))
+
+
+def _explain(err: Exception) -> str:
     if isinstance(err, UserError):
         return str(err)
     cause = err.__cause__ or err

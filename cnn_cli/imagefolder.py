@@ -17,6 +17,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from cnn_cli import checkpoint, images
-from cnn_cli.errors import UserError, first_line
+from cnn_cli import bounds, checkpoint, images
+from cnn_cli.errors import UserError, first_line, printable
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def check(cfg: DictConfig) -> None:
                 or (isinstance(value, float) and value >= 1):
             raise UserError(f"dataset.{key}={value}: give a count of images (an integer >= 0) or a fraction of each "
                             f"class (0 <= x < 1), e.g. dataset.{key}=0.1")
+    bounds.check_seed("dataset.split_seed", cfg.split_seed)  # it splits the files before data.check runs
     if cfg.workers is not None and cfg.workers < 1:
         raise UserError(f"dataset.workers={cfg.workers} must be >= 1 (or null: all cores)")
     if cfg.max_memory_gb is not None and cfg.max_memory_gb < 0:
@@ -164,14 +166,15 @@ def first_shape(listing: Listing) -> list[int]:
     from PIL import Image
 
     for path in listing.files:
-        try:
+        try:  # a decompression bomb (or a header claiming 65500x65500) is refused by PIL unread, like any bad file
             with Image.open(listing.root / path) as image:
                 channels = 1 if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;16") else 3
-                shape = [channels, image.height, image.width]
-        except (OSError, SyntaxError, ValueError):
+                height, width = images.upright_size(image)[::-1]
+                shape = [channels, height, width]
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             continue
         log.info("dataset.input_shape not given: %s from the first image, %s (set dataset.input_shape=[C,H,W] to "
-                 "choose)", shape, path)
+                 "choose)", shape, printable(str(path)))
         return shape
     raise UserError(f"dataset.root={listing.root}: none of the {len(listing.files)} image files can be read")
 
@@ -211,7 +214,7 @@ def open_cache(cfg: DictConfig, listing: Listing) -> Cache:
     if bad:
         names = ", ".join(name for name, _ in bad[:MAX_NAMED]) + (f" and {len(bad) - MAX_NAMED} more"
                                                                   if len(bad) > MAX_NAMED else "")
-        log.warning("skipped %d unreadable image file(s): %s", len(bad), names)
+        log.warning("skipped %d unreadable image file(s): %s", len(bad), printable(names))
     _OPENED[path] = Cache(path, meta, array, mapping, reused)
     return _OPENED[path]
 
@@ -322,7 +325,7 @@ def _decoded(jobs: list, workers: int):
         yield map(_decode_one, jobs)
         return
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield pool.imap(_decode_one, jobs, chunksize=32)
 
 
@@ -405,7 +408,7 @@ def stats(cache: Cache, rows: np.ndarray, cfg: DictConfig) -> tuple[list[float],
         n = len(rows) * cache.images.shape[2] * cache.images.shape[3]
         mean = total / n
         std = np.sqrt(np.maximum(squares / n - mean ** 2, 0))
-        std = np.where(std > 0, std, 1.0)  # a constant channel: nothing to scale
+        std = np.where(std >= 1e-6, std, 1.0)  # a constant channel (up to rounding noise): nothing to scale
         cache.meta["stats"][key] = [mean.round(6).tolist(), std.round(6).tolist()]
         checkpoint.write_text(cache.path.with_suffix(".json"), json.dumps(cache.meta))
     mean, std = cache.meta["stats"][key]

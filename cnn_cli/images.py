@@ -64,9 +64,10 @@ def decode_array(path: Path, shape: Sequence[int], resize: str | None = None) ->
                 _check_size(path, image.size, size, sorted)  # before decoding a single pixel (or a bomb's)
             else:  # JPEG: decode at the smallest power-of-2 scale still at least as large as needed
                 image.draft(_MODES[channels], (max(size), max(size)))
+            stored = image.size
             image = ImageOps.exif_transpose(image)
             if resize is None:
-                _check_size(path, image.size, size, tuple)
+                _check_size(path, image.size, size, tuple, stored)
             if image.mode.startswith("I;16"):
                 image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
             image = image.convert(_MODES[channels])
@@ -97,8 +98,20 @@ def _fit(image, size: Sequence[int], resize: str):
     return canvas
 
 
-def _check_size(path: Path, width_height: tuple[int, int], size: Sequence[int], compare=tuple) -> None:
+def upright_size(image) -> tuple[int, int]:
+    """(width, height) as the image is shown: its EXIF orientation 5 to 8 turns it on its side."""
+    turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+    return image.size[::-1] if turned else image.size
+
+
+_ORIENTATION = 0x0112  # the EXIF tag a phone sets instead of rotating the pixels
+
+
+def _check_size(path: Path, width_height: tuple[int, int], size: Sequence[int], compare=tuple,
+                stored: tuple[int, int] | None = None) -> None:
     if compare(width_height[::-1]) != compare(size):
         h, w = size
-        raise UserError(f"{path} is {width_height[0]}x{width_height[1]} (width x height) but the model takes {w}x{h} "
-                        f"images and its dataset has no resize policy; resize the image to {w}x{h}")
+        turned = f" once turned upright by its EXIF orientation (stored {stored[0]}x{stored[1]})" \
+            if stored is not None and stored != width_height else ""
+        raise UserError(f"{path} is {width_height[0]}x{width_height[1]} (width x height){turned} but the model takes "
+                        f"{w}x{h} images and its dataset has no resize policy; resize the image to {w}x{h}")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
 from cnn_cli import checkpoint, data as data_mod, images, outputs, runtime
-from cnn_cli.errors import UserError, first_line
+from cnn_cli.errors import UserError, first_line, printable
 from cnn_cli.evaluate import load_trained
 
 NPY = ".npy"
@@ -50,10 +50,10 @@ def run_predict(cfg: DictConfig) -> int:
         top = probs.topk(cfg.top_k, dim=1)
         for name, p, idx in zip(names, top.values.tolist(), top.indices.tolist()):
             row = [name, *(v for i, q in zip(idx, p) for v in (classes[i], f"{q:.6f}"))]
-            print("\t".join(row))
+            print("\t".join(map(printable, row)))
             rows.append(row)
     for path, reason in skipped:
-        print(f"skipped {path}: not a readable image ({reason})", file=sys.stderr)
+        print(printable(f"skipped {path}: not a readable image ({reason})"), file=sys.stderr)
     if inverted:
         print(f"note: {inverted} of {len(rows)} inputs look inverted (dark digit on a light background); the model "
               "was trained on MNIST, whose digits are light on dark: invert them first (PIL.ImageOps.invert)",
@@ -62,10 +62,16 @@ def run_predict(cfg: DictConfig) -> int:
         header = ["path", "prediction", "probability"]
         header += [f"{key}{k}" for k in range(2, cfg.top_k + 1) for key in ("top", "probability")]
         text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerows([header, *rows])
+        csv.writer(text, lineterminator="\n").writerows([header, *([_inert(cell) for cell in row] for row in rows)])
         checkpoint.write_text(output, text.getvalue())
         print(f"written {output} ({len(rows)} predictions)", file=sys.stderr)
     return len(skipped)
+
+
+def _inert(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading = + - @ (or tab, carriage return) would
+    make a class or file named `=cmd|calc` a formula, so it gets a leading ' (OWASP's advice)."""
+    return f"'{cell}" if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def expand(inputs: Any) -> list[Path]:

@@ -71,10 +71,11 @@ def claim(folder: Path) -> None:
         log.warning("cannot lock %s (%s); make sure no other process trains in it", folder, err.strerror)
         return
     _held[folder] = fd
-    if os.path.islink(folder / "train.log"):
+    planted = [name for name in (*RUN_FILES, LOCK_NAME) if os.path.islink(folder / name)]
+    if planted:  # a file or a folder: the log, events, records or checkpoints would go wherever it points
         release(folder)
-        raise UserError(f"{folder / 'train.log'} is a symbolic link; the log would be written wherever it points. "
-                        "Remove it (or copy the run to a folder of your own), then try again")
+        raise UserError(f"{folder / planted[0]} is a symbolic link; the run would write wherever it points. Remove it "
+                        "(or copy the run to a folder of your own), then try again")
     checkpoint.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
 
 
@@ -129,7 +130,21 @@ def _start_run(config: DictConfig) -> Path:
     return run_dir
 
 
+def never_saved(folder: Path) -> bool:
+    """A run's folder without a checkpoint: its run was stopped (killed) before its first save."""
+    return holds_a_run(folder) and not (folder / "checkpoints" / "last.pt").is_file()
+
+
+def never_saved_message(folder: Path) -> str:
+    quoted = shlex.quote(str(folder))
+    return (f"{folder} holds a run that stopped before it saved its first checkpoint, so there is nothing to resume; "
+            f"remove it (rm -r {quoted}) to start there again, or start in a new folder (the run's settings are in "
+            f"{folder / '.hydra' / 'overrides.yaml'})")
+
+
 def _refuse_a_used(run_dir: Path) -> None:
+    if run_dir.is_dir() and never_saved(run_dir):
+        raise UserError(f"hydra.run.dir={run_dir}: {never_saved_message(run_dir)}")
     if run_dir.is_dir() and holds_a_run(run_dir):
         quoted = shlex.quote(str(run_dir))
         raise UserError(f"hydra.run.dir={run_dir} already holds a run; continue it with cnn-train resume={quoted}, "

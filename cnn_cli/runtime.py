@@ -23,7 +23,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no data, or not ours
+        raise UserError(f"trainer.device={name} is not a device to train on; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"trainer.device={name} but no CUDA GPU is visible here; use trainer.device=auto or cpu")

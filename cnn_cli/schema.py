@@ -20,7 +20,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from cnn_cli import data, optim
+from cnn_cli import bounds, data, optim
 from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
@@ -179,6 +179,7 @@ def check(cfg: DictConfig) -> None:
     own checks are data.check's, which cnn-summary runs too."""
     check_norm(cfg.model)
     _finite(cfg, "")
+    bounds.check_seed("seed", cfg.seed)
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
                                  (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
         _no_unknown_keys(node, schema, prefix)

@@ -123,8 +123,14 @@ def _overrides(job: Path) -> list[str]:
 
 
 def record_failure(message: str, err: BaseException) -> None:
-    """A failed job's one line goes into its folder for the table, its traceback into its log."""
+    """A failed job's one line goes into its folder for the table; it and its traceback go into
+    the job's log file only (the console has the job's one error line, and the table at the end)."""
     from hydra.core.hydra_config import HydraConfig
 
     (Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE).write_text(message + "\n")
-    logging.getLogger("cnn_cli").error("job failed: %s", message, exc_info=err)
+    log = logging.getLogger("cnn_cli")
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "job failed: %s", (message,),
+                            (type(err), err, err.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, optim, runtime, schema, tb
+from cnn_cli import checkpoint, data as data_mod, distributed, optim, rundir, runtime, schema, tb
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
@@ -117,7 +117,11 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
+        self.progress = _progress(state["progress"], key)
+        if self.progress.best_epoch >= 1 and not (self.ckpt_dir / "best.pt").is_file():  # the end tests best.pt
+            raise UserError(f"{key}: {self.ckpt_dir / 'best.pt'} is missing (the run saved it at epoch "
+                            f"{self.progress.best_epoch}); put it back, or start a new run from the last weights with "
+                            f"init_from={shlex.quote(str(self.ckpt_dir / 'last.pt'))}")
         _set_rng_state(state["rng"])
         self.resumed = True
 
@@ -141,6 +145,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     """Check every input (config ranges, devices, checkpoints, the model's shapes, the data)
     and load it all; raises UserError, having written nothing, if anything is wrong."""
     resume = cfg.resume
+    if resume and Path(resume).expanduser().is_dir() and rundir.never_saved(Path(resume).expanduser()):
+        raise UserError(f"resume={resume}: {rundir.never_saved_message(Path(resume).expanduser())}")
     resumed = checkpoint.load(resume, "resume") if resume else None
     if resumed is not None:
         if _run_finished(resume, resumed):
@@ -215,6 +221,11 @@ def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> data
     data = data_mod.load(cfg.dataset, device)
     log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
+    if not len(data.test):
+        fix = (f"dataset.test_size={cfg.dataset.test_size} holds out none of so few images: give a count, e.g. "
+               "dataset.test_size=2, or a DIR/test/ folder" if cfg.dataset.source == data_mod.IMAGEFOLDER
+               else "give the test split some")
+        raise UserError(f"{data.name} has no test samples, and the run ends with a report on them; {fix}")
     if not len(data.val):
         log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
                  "last epoch")
@@ -461,6 +472,18 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
                             f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
                             "init_from=<its last.pt>")
     return OmegaConf.merge(checkpoint.stored_config(resumed["config"]), OmegaConf.from_dotlist(changes))
+
+
+def _progress(saved: dict[str, Any], key: str) -> Progress:
+    """A checkpoint's progress record, each entry of its type (a damaged or edited one is refused, not trained on)."""
+    kinds = {f.name: {"int": (int,), "float": (float, int)}.get(f.type, (list,)) for f in fields(Progress)}
+    wrong = sorted(set(saved) - set(kinds)) or [name for name, value in saved.items()
+                                                if isinstance(value, bool) or not isinstance(value, kinds[name])]
+    if wrong or not all(isinstance(row, dict) for row in saved.get("history", [])) or min(
+            saved.get("epoch", 0), saved.get("batch", 0), saved.get("step", 0)) < 0:
+        raise UserError(f"{key}: the checkpoint's 'progress' record is damaged ({', '.join(wrong) or 'its values'}); "
+                        "it was edited or written by another program: resume from another checkpoint")
+    return Progress(**saved)
 
 
 def _run_finished(resume: str, resumed: dict[str, Any]) -> bool:

@@ -178,3 +178,157 @@ def test_skip_bad_false_holds_when_the_cache_was_decoded_with_skip_bad_true(tmp_
             imagefolder._OPENED.clear()
         with pytest.raises(UserError, match=r"bee/half.png is not a readable image .*dataset.skip_bad=true"):
             data_mod.resolve(composed("train", [*settings, "dataset.skip_bad=false"]).dataset)
+
+
+# ------------------------------------------------------------------ 5: no traceback, no exit 1
+
+def _pictures(root: Path, per_class: int, first: bytes | None = None) -> Path:
+    """root/<ant|bee>/*.png, tiny greyscale; `first` replaces the first file's bytes (a bomb)."""
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (8, 6), 40 * i + 20).save(root / name / f"{i}.png")
+    if first is not None:
+        (root / "ant" / "0.png").write_bytes(first)
+    return root
+
+
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_an_image_folder_too_small_for_a_test_split_is_refused_before_training(tmp_path: Path,
+                                                                                per_class: int) -> None:
+    from cnn_cli import train
+
+    root = _pictures(tmp_path / "pics", per_class)
+    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "model=mlp",
+                             "trainer.device=cpu"])
+    with pytest.raises(UserError, match=r"has no test samples.*dataset.test_size=0.1 holds out none.*test_size=2"):
+        train.prepare(cfg, tmp_path / "run", [])
+    assert not (tmp_path / "run").exists()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height: PIL's decompression-bomb check refuses it unread."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:33] = ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("bomb", [_png_claiming(65500, 65500), _jpeg_claiming(65500, 65500)], ids=["png", "jpeg"])
+def test_a_decompression_bomb_as_the_first_image_is_skipped_as_unreadable(tmp_path: Path, bomb: bytes,
+                                                                           caplog) -> None:
+    root = _pictures(tmp_path / "pics", 4, first=bomb)
+    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1"])
+    data_mod.resolve(cfg.dataset)
+    assert list(cfg.dataset.input_shape) == [1, 6, 8]  # from the next image, not 65500 x 65500
+    assert "skipped 1 unreadable image file(s): ant/0.png" in caplog.text
+    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1",
+                             "dataset.skip_bad=false"])
+    with pytest.raises(UserError, match=r"ant/0.png is not a readable image \(.*(decompression bomb|exceeds limit)"):
+        data_mod.resolve(cfg.dataset)
+
+
+@pytest.mark.parametrize("override,says", [
+    ("trainer.device=meta", r"trainer.device=meta is not a device to train on"),
+    ("trainer.device=xla", r"trainer.device=xla is not a device to train on"),
+    ("trainer.device=fpga:1", r"trainer.device=fpga:1 is not a device to train on"),
+    ("seed=1180591620717411303424", r"seed=1180591620717411303424 must be a whole number from 0 to 4,294,967,295"),
+    ("seed=-1", r"seed=-1 must be a whole number from 0"),
+    ("dataset.split_seed=-1", r"dataset.split_seed=-1 must be a whole number from 0"),
+    ("dataset.split_seed=4294967296", r"dataset.split_seed=4294967296 must be"),
+])
+def test_devices_and_seeds_out_of_range_are_refused_before_anything_runs(tmp_path: Path, override: str,
+                                                                         says: str) -> None:
+    from cnn_cli import train
+
+    cfg = composed("train", ["dataset=mnist_sample", override])
+    with pytest.raises(UserError, match=says):
+        train.prepare(cfg, tmp_path / "run", [])
+
+
+def test_an_image_folder_split_seed_is_checked_before_its_files_are_split(tmp_path: Path) -> None:
+    root = _pictures(tmp_path / "pics", 4)
+    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.split_seed=-1"])
+    with pytest.raises(UserError, match=r"dataset.split_seed=-1 must be a whole number"):
+        data_mod.resolve(cfg.dataset)
+
+
+@pytest.fixture
+def saved_run(tmp_path: Path) -> Path:
+    """A run folder whose last.pt is a real, unfinished checkpoint of a prepared run (no step taken)."""
+    from cnn_cli import train
+
+    run = train.prepare(composed("train", ["dataset=mnist_sample", "trainer.device=cpu"]), tmp_path / "run", [])
+    run.save("last.pt")
+    return tmp_path / "run"
+
+
+def _resume(run_dir: Path, edit) -> None:
+    from cnn_cli import train
+
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    edit(state)
+    torch.save(state, last)
+    train.prepare(composed("train", [f"resume={run_dir}"]), run_dir, [f"resume={run_dir}"])
+
+
+@pytest.mark.parametrize("progress", [{"epoch": "one"}, {"epoch": -1}, {"batch": 1.5}, {"history": [1, 2]},
+                                      {"surprise": 1}, {"best_acc": None}, {"epoch": True}])
+def test_a_resume_with_a_damaged_progress_record_is_refused(saved_run: Path, progress: dict) -> None:
+    with pytest.raises(UserError, match=r"^resume=.*: the checkpoint's 'progress' record is damaged"):
+        _resume(saved_run, lambda state: state["progress"].update(progress))
+
+
+def test_interrupting_with_ctrl_c_where_nothing_saves_is_one_line_and_exit_130(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    from cnn_cli import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["cnn-summary"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(interrupted)
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "interrupted; nothing was written\n"
+
+
+# ------------------------------------------------------------------ 3: planted folder links in a run folder
+
+@pytest.mark.parametrize("name", ["tb", ".hydra", "checkpoints", "metrics.json", "train.log"])
+def test_a_planted_link_in_a_run_folder_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    from cnn_cli import rundir
+
+    run = tmp_path / "run"
+    save_run(run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = run / name
+    if target.exists():
+        shutil.move(target, elsewhere / name)
+    target.symlink_to(elsewhere / name)
+    with pytest.raises(UserError, match=rf"run/{name} is a symbolic link; the run would write wherever it points"):
+        rundir.claim(run)
+    assert not (run / rundir.LOCK_NAME).exists() and not any(elsewhere.rglob(rundir.LOCK_NAME))
+    target.unlink()  # the folder was let go: once the link is gone, it can be claimed
+    rundir.claim(run)
+    rundir.release(run)
