@@ -7,6 +7,7 @@ never run code when it is opened.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -46,6 +47,7 @@ def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Pa
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path.parent)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         tmp = Path(name)
         os.chmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from the rest of a team
@@ -83,11 +85,33 @@ def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Pa
             pass
 
 
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .NAME.PID.RANDOM.tmp, as write_file names them
+
+
 def remove_leftovers(folder: Path) -> None:
-    """Delete the temporary files of a process killed mid-write (never read: the rename is
-    what publishes a checkpoint). Called as a run starts training in its folder."""
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    """Delete the temporary files that processes killed mid-write (SIGKILL, a power cut) left in
+    `folder`: never read (the rename is what publishes a file), and never those of a process
+    still alive, which may be writing one now. Every write_file starts with it."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        found = _TEMPORARY.match(name)
+        if found and not _alive(int(found.group(1))):
+            (folder / name).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # another user's process, or not a PID at all: leave it
+        return True
+    return True
 
 
 def resolve(path: str | Path, key: str, prefer: tuple[str, ...] = ("last.pt",)) -> Path:
@@ -180,6 +204,40 @@ def recorded_config(cfg: DictConfig) -> dict[str, Any]:
     finally:
         OmegaConf.register_new_resolver("oc.env", oc.env, use_cache=False, replace=True)
     return _hide_env_text(values, texts)
+
+
+def environment_values(cfg: DictConfig, record: dict[str, Any]) -> dict[str, str]:
+    """Each text value that came from the environment (3 characters or more), mapped to how the
+    record shows it (`${oc.env:KEY}`), for the run's log to show it the same way."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any, text: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, text.get(key) if isinstance(text, dict) else None)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, text[i] if isinstance(text, list) and i < len(text) else None)
+        elif isinstance(value, str) and isinstance(text, str) and value != text and len(value) >= 3:
+            found[value] = text
+
+    walk(OmegaConf.to_container(cfg, resolve=True), record)
+    return found
+
+
+class HideEnvironment(logging.Filter):
+    """Shows values from the environment in log lines as the checkpoint records them."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__()
+        self.values = sorted(values.items(), key=lambda item: -len(item[0]))  # the longest first
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for value, text in self.values:
+            message = message.replace(value, text)
+        record.msg, record.args = message, ()
+        return True
 
 
 def _hide_env_text(value: Any, text: Any) -> Any:

@@ -18,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
@@ -193,12 +194,14 @@ def _discard_attempt(run_dir: Path, record: str | None) -> None:
     attempt (its .hydra record and log), and the run folder if nothing else is in it."""
     run_dir = Path(os.path.abspath(run_dir))
     rundir.release(run_dir)
+    start = Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd()
+    os.chdir(start)  # hydra.job.chdir=true made the run folder the working one: it may be removed now
     if record and record != ".hydra":  # a resume's own record, beside the run's
         shutil.rmtree(run_dir / record, ignore_errors=True)
     elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in run_dir.parents:  # outputs/DATE/, if this run made it
-            if parent == Path.cwd() or any(parent.iterdir()):
+            if parent == start or any(parent.iterdir()):
                 break
             parent.rmdir()
 

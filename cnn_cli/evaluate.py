@@ -99,8 +99,6 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
     trained = load_trained(cfg.checkpoint)
     path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
-    if path != Path(cfg.checkpoint).expanduser():
-        log.info("evaluating %s", path)
     _data_from_root(train_cfg.dataset, cfg.root)
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
@@ -113,6 +111,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     split = data.test if cfg.split == "test" else data.val
     if not len(split):
         raise UserError("split=val: this run held out no validation split (dataset.val_size=0); use split=test")
+    if path != Path(cfg.checkpoint).expanduser():  # said once every input is known to be good
+        log.info("evaluating %s", path)
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
     result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)

@@ -8,6 +8,9 @@ import contextlib
 import json
 import logging
 import math
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +88,27 @@ def _quiet(*loggers: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
-    import onnxruntime
+def _import_onnxruntime() -> Any:
+    """onnxruntime, without its telemetry: as it is imported it writes a device id and a telemetry
+    database under $XDG_CACHE_HOME/Microsoft/ (~/.cache/Microsoft/), so the import gets a cache
+    folder of its own that is removed at once, and its telemetry events are turned off."""
+    if "onnxruntime" not in sys.modules:
+        saved = os.environ.get("XDG_CACHE_HOME")
+        with tempfile.TemporaryDirectory(prefix="cnn-cli-ort-") as scratch:
+            os.environ["XDG_CACHE_HOME"] = scratch
+            try:
+                import onnxruntime
+            finally:
+                if saved is None:
+                    os.environ.pop("XDG_CACHE_HOME", None)
+                else:
+                    os.environ["XDG_CACHE_HOME"] = saved
+        onnxruntime.disable_telemetry_events()
+    return sys.modules["onnxruntime"]
 
+
+def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
+    onnxruntime = _import_onnxruntime()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
 
@@ -130,7 +151,7 @@ FORMATS = {
     "exported": Format(".pt2", _write_exported, _load_exported),
 }
 # what format=onnx imports: the extra `export` installs them
-ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+ONNX_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxruntime first: imported without telemetry
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -173,7 +194,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 def _require_onnx() -> None:
     for name in ONNX_MODULES:
         try:
-            __import__(name)
+            _import_onnxruntime() if name == "onnxruntime" else __import__(name)
         except ImportError as err:
             raise UserError(f"format=onnx needs the optional extra 'export' ({err.name or name} is missing): "
                             "pip install 'cnn-cli[export]'") from None

@@ -14,7 +14,7 @@ import inspect
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim import lr_scheduler
 
 from cnn_cli.errors import UserError
@@ -83,6 +83,12 @@ def _check_keys(group: str, cls: type, cfg: DictConfig, ours: list[str] = ()) ->
             raise UserError(f"{group}.{key}: {cls.__name__} takes no such argument; {hint}choose the class with "
                             f"{group}={cls.__name__.lower()} rather than {group}.name ({cls.__name__} takes: "
                             f"{', '.join(accepted)})")
+    for p in params:  # betas=(0.9, 0.999): a pair, whose indexing inside torch would fail without the key's name
+        if isinstance(p.default, tuple) and p.name in cfg:
+            value = cfg[p.name]
+            if not isinstance(value, ListConfig) or len(value) != len(p.default):
+                raise UserError(f"{group}.{p.name}={value}: {cls.__name__} takes {len(p.default)} values here, "
+                                f"e.g. {group}.{p.name}=[{','.join(map(str, p.default))}]")
     length = LENGTH_KEYS.get(cls.__name__)
     missing = [p.name for p in params
                if p.default is inspect.Parameter.empty and p.name not in cfg and p.name != length]

@@ -154,6 +154,10 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
     schema.check(cfg)
+    hidden = checkpoint.environment_values(cfg, checkpoint.recorded_config(cfg))
+    if hidden:  # the log (train.log, the console) says ${oc.env:KEY} where the config did
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(checkpoint.HideEnvironment(hidden))
     trainer = cfg.trainer
     rank = distributed.this_process()
     if trainer.batch_size % rank.world:
@@ -244,8 +248,6 @@ def train(run: Run) -> float:
     """Train as the run says, in its folder; returns the best validation accuracy (for
     sweepers; NaN with no validation split, as nothing may be chosen on the test set)."""
     trainer, progress, rank = run.cfg.trainer, run.progress, run.rank
-    if rank.main:
-        checkpoint.remove_leftovers(run.ckpt_dir)
     # on resume, TensorBoard hides whatever an interrupted process logged after this step
     writer = tb.open_writer(run.run_dir / "tb", purge_step=progress.step + 1 if run.resumed else None) \
         if rank.main else _NoWriter()

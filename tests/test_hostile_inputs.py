@@ -4,6 +4,8 @@ end in a traceback or a wrong result is one line with the fix."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -332,3 +334,161 @@ def test_a_planted_link_in_a_run_folder_is_refused_before_anything_is_written(tm
     target.unlink()  # the folder was let go: once the link is gone, it can be claimed
     rundir.claim(run)
     rundir.release(run)
+
+
+# ------------------------------------------------------------------ 4: work bounded by its cost before it starts
+
+def test_command_line_values_nested_too_deep_are_refused_before_hydra_parses_them() -> None:
+    from cnn_cli import bounds
+
+    bounds.check_arguments(["model.layers=" + "[" * 100 + "]" * 100])  # deep, but within the bound
+    for value in ("[" * 3000 + "]" * 3000, "{a: " * 300 + "1" + "}" * 300, "(" * 101):
+        with pytest.raises(UserError, match=r"^model.layers=...: the value is nested more than 100 brackets deep"):
+            bounds.check_arguments(["model=lenet5", f"model.layers={value}"])
+
+
+def test_a_checkpoint_whose_member_expands_a_hundredfold_is_refused_unread(tmp_path: Path) -> None:
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("bomb/data.pkl", "w") as f:
+        for _ in range(120):
+            f.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"checkpoint=.*bomb.pt: its member 'bomb/data.pkl' expands from .* to "
+                                        r"125,829,120 bytes; torch does not compress checkpoints"):
+        checkpoint.load(bomb)
+
+
+def test_a_checkpoint_record_nested_too_deep_is_refused_before_anything_recursive_reads_it(tmp_path: Path) -> None:
+    def deep(state: dict) -> None:
+        node = state["config"]["model"]
+        for _ in range(150):
+            node["x"] = {}
+            node = node["x"]
+
+    best = save_run(tmp_path / "run", edit=deep)
+    with pytest.raises(UserError, match=r"is nested more than 100 deep or holds more than 1,000,000 values"):
+        checkpoint.load(best)
+
+
+def test_a_model_whose_weights_exceed_the_free_memory_is_refused_before_it_is_allocated() -> None:
+    from cnn_cli import bounds
+
+    free = bounds.available_memory()
+    width = free * 3 // 2 // 4 // 2450 + 1  # fc1 takes 50 x 7 x 7 = 2450 inputs: 1.5 x the free memory in float32
+    if 2450 * width > 10_000_000_000:
+        pytest.skip(f"{free / 1e9:.0f} GB free: such a model would pass the 10-billion-parameter limit first")
+    cfg = composed("train", ["model=lenet5", "dataset=mnist_sample", f"model.layers.7.linear.out_features={width}"])
+    with pytest.raises(UserError, match=r"model.layers\[7\] \(linear\): the model's .* float32 weights up to here "
+                                        r"needs .* GB of memory, more than the .* GB free"):
+        build_from_config(cfg)
+
+
+@pytest.mark.parametrize("padding", [100000, 29, -1])
+def test_crop_padding_is_bounded_by_the_samples_side(padding: int) -> None:
+    cfg = composed("train", ["dataset=mnist_sample", f"dataset.augment.crop_padding={padding}"])
+    with pytest.raises(UserError, match=rf"crop_padding={padding} must be from 0 to the samples' smallest side \(28\)"):
+        data_mod.check(cfg.dataset)
+
+
+def test_a_huge_or_multi_line_value_in_a_message_stays_one_readable_line() -> None:
+    from cnn_cli.builder import build_model
+    from cnn_cli.errors import describe
+
+    with pytest.raises(UserError) as err:
+        build_model(["x" * 900_000], (1, 28, 28))
+    line = describe(err.value)
+    assert len(line) < 3000 and re.search(r"\.\.\.\(900,00\d characters\)", line) and "\n" not in line
+    forged = describe(UserError("inputs: bad\nerror: all is well\r\x1b[2K"))
+    assert forged == "inputs: bad\\nerror: all is well\\r\\x1b[2K"
+
+
+# ------------------------------------------------------------------ 7: no dead ends
+
+def test_resuming_a_run_that_never_saved_says_so_and_how_to_start_again(tmp_path: Path) -> None:
+    from cnn_cli import train
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)  # what a run killed in its first epoch leaves
+    (run / "tb").mkdir()
+    (run / "train.log").write_text("")
+    with pytest.raises(UserError, match=r"^resume=.*run: .*run holds a run that stopped before it saved its first "
+                                        r"checkpoint, so there is nothing to resume; remove it \(rm -r .*run\)"):
+        train.prepare(composed("train", [f"resume={run}"]), tmp_path / "attempt", [f"resume={run}"])
+
+
+def test_resuming_without_the_best_checkpoint_it_names_is_refused_up_front(saved_run: Path) -> None:
+    with pytest.raises(UserError, match=r"^resume=.*: .*checkpoints/best.pt is missing \(the run saved it at epoch "
+                                        r"2\); put it back, or start a new run .* init_from=.*last.pt"):
+        _resume(saved_run, lambda state: state["progress"].update(best_epoch=2, epoch=2))
+
+
+# ------------------------------------------------------------------ 8: no leftovers, no side effects
+
+def test_a_write_removes_the_temporary_files_of_dead_processes_only(tmp_path: Path) -> None:
+    dead = tmp_path / ".best.onnx.999999999.k2j4_x.tmp"  # beyond any PID: no such process
+    alive = tmp_path / f".best.onnx.{os.getppid()}.a8d7f1.tmp"  # a live process may be writing it now
+    other = tmp_path / "notes.tmp"
+    for path in (dead, alive, other):
+        path.write_text("partial")
+    checkpoint.write_text(tmp_path / "report.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "report.json"])
+
+
+def test_values_from_the_environment_are_shown_as_their_interpolation_in_the_log(tmp_path: Path, monkeypatch,
+                                                                                   caplog) -> None:
+    from cnn_cli import train
+
+    monkeypatch.setenv("SECRET", "hunter2-token")
+    cfg = composed("train", ["dataset=mnist_sample", "trainer.device=cpu", "dataset.name=${oc.env:SECRET}"])
+    with caplog.at_level("INFO", logger="cnn_cli"):
+        train.prepare(cfg, tmp_path / "run", [])
+    assert "data: ${oc.env:SECRET}, 3500 train" in caplog.text and "hunter2" not in caplog.text
+
+
+# ------------------------------------------------------------------ 9: messages
+
+def test_predictions_csv_neutralises_formulas_and_printed_rows_escape_newlines(tmp_path: Path, capsys) -> None:
+    classes = ["=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tx", "plain", "6", "7", "8", "9"]
+    best = save_run(tmp_path / "run", edit=lambda state: state["config"]["dataset"].update(classes=classes))
+    name = tmp_path / "a\nerror: forged.png"
+    Image.new("L", (28, 28)).save(name, "PNG")
+    cfg = _predict_cfg(best, tmp_path, inputs=[str(name)], top_k=10, output=str(tmp_path / "p.csv"))
+    run_predict(cfg)
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and "a\\nerror: forged.png" in out
+    import csv
+
+    cells = [cell for row in csv.reader((tmp_path / "p.csv").open()) for cell in row]
+    assert {"'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\tx", "plain"} <= set(cells)
+    assert not any(cell[:1] in "=+-@\t" for cell in cells)
+
+
+def test_an_exif_rotated_first_image_gives_the_upright_shape_and_decodes(tmp_path: Path) -> None:
+    root = tmp_path / "pics"
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            exif = Image.Exif()
+            exif[0x0112] = 6  # stored 30 wide, 20 high; shown turned a quarter: 20 wide, 30 high
+            Image.new("L", (30, 20), 40 * i).save(root / name / f"{i}.jpg", exif=exif)
+    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1"])
+    listing, cache = data_mod.resolve(cfg.dataset)
+    assert list(cfg.dataset.input_shape) == [1, 30, 20] and not cache.meta["bad"]
+    from cnn_cli import images
+
+    with pytest.raises(UserError, match=r"is 20x30 \(width x height\) once turned upright by its EXIF orientation "
+                                        r"\(stored 30x20\) but the model takes 30x20"):
+        images.decode_array(root / "ant" / "0.jpg", (1, 20, 30))
+
+
+@pytest.mark.parametrize("override,says", [("optimizer.betas=[0.9]", r"optimizer.betas=\[0.9\]: Adam takes 2 values"),
+                                           ("optimizer.betas=0.9", r"optimizer.betas=0.9: Adam takes 2 values"),
+                                           ("optimizer.betas=[0.9,0.99,0.999]", r"e.g. optimizer.betas=\[0.9,0.999\]")])
+def test_a_pair_argument_of_the_wrong_length_names_its_key(override: str, says: str) -> None:
+    from cnn_cli import optim
+
+    cfg = composed("train", ["dataset=mnist_sample", "optimizer=adam", override])
+    with pytest.raises(UserError, match=says):
+        optim.check(cfg, 1)
