@@ -124,7 +124,8 @@ def scan(cfg: DictConfig) -> Listing:
     """The tree's files: DIR/train/<class>/ (with optional val/ and test/), or DIR/<class>/."""
     root = Path(cfg.root).expanduser()
     if not root.exists():
-        raise UserError(f"dataset.root={cfg.root} does not exist; give the folder of your images")
+        where = "" if root.is_absolute() else f" (in {Path.cwd()}, where relative paths are looked up)"
+        raise UserError(f"dataset.root={cfg.root} does not exist{where}; give the folder of your images")
     if not root.is_dir():
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; give the folder that holds <class>/ "
                         "folders of images")

@@ -182,6 +182,26 @@ def _used_sweep(cwd: Path, fx: dict[str, Path]) -> None:
     (cwd / "sweep" / "0" / "metrics.json").write_text('{"best_val_acc": 0.99, "test_acc": 0.99}\n')
 
 
+def _never_saved_run(cwd: Path, fx: dict[str, Path]) -> None:
+    """What a run killed in its first epoch leaves: its record, log and events, no checkpoint."""
+    shutil.copytree(fx["run"] / ".hydra", cwd / "run" / ".hydra")
+    shutil.copy(fx["run"] / "train.log", cwd / "run" / "train.log")
+    (cwd / "run" / "tb").mkdir()
+
+
+def _planted_tb_link(cwd: Path, fx: dict[str, Path]) -> None:
+    _unfinished_run(cwd, fx)
+    shutil.move(cwd / "run" / "tb", cwd / "elsewhere")
+    (cwd / "run" / "tb").symlink_to(cwd / "elsewhere")
+
+
+def _run_and_a_digit(cwd: Path, fx: dict[str, Path]) -> None:
+    from PIL import Image
+
+    _finished_run(cwd, fx)
+    Image.new("L", (28, 28)).save(cwd / "digit.png")
+
+
 def summary(*args: str, expect: tuple[str, ...], setup=None) -> Case:
     return Case("cnn-summary", args, expect, setup)
 
@@ -470,6 +490,40 @@ CASES: dict[str, Case] = {
         SAMPLE, "hydra.job_logging.root.level=LOUD",
         expect=("hydra.job_logging: Unable to configure root logger", "Unknown level: 'LOUD'", "leave it out")),
     # ---- where the run would be written
+    # ---- hostile and clumsy input, third pass (issue 21)
+    "predict_output_on_the_runs_best_checkpoint": Case(
+        "cnn-predict", ("checkpoint=run", "inputs=[digit.png]", "output=run/checkpoints/best.pt"),
+        ("output=run/checkpoints/best.pt is a checkpoint, which writing there would destroy",), _run_and_a_digit,
+        needs_run=True),
+    "resume_with_a_planted_tb_link": train(
+        "resume=run", setup=_planted_tb_link, needs_run=True,
+        expect=("run/tb is a symbolic link", "the run would write wherever it points")),
+    "rerun_in_a_run_folder_that_never_saved": train(
+        *TINY, "hydra.run.dir=run", setup=_never_saved_run, needs_run=True,
+        expect=("hydra.run.dir=run", "stopped before it saved its first checkpoint", "rm -r run")),
+    "resume_a_run_that_never_saved": train(
+        "resume=run", setup=_never_saved_run, needs_run=True,
+        expect=("resume=run", "nothing to resume", "rm -r run", "run/.hydra/overrides.yaml")),
+    "override_nested_3000_deep": summary(
+        "model.layers=" + "[" * 3000 + "]" * 3000, expect=("model.layers=...", "nested more than 100 brackets deep")),
+    "device_meta": train(SAMPLE, "trainer.device=meta", expect=("trainer.device=meta is not a device to train on",)),
+    "seed_beyond_64_bits": train(
+        SAMPLE, "seed=1180591620717411303424", expect=("seed=1180591620717411303424", "from 0 to 4,294,967,295")),
+    "crop_padding_of_100000": summary(
+        SAMPLE, "dataset.augment.crop_padding=100000", expect=("crop_padding=100000", "smallest side (28)")),
+    "norm_switch_on_a_model_without_one": summary(
+        "+model.norm=groupnorm", expect=("model.norm=groupnorm", "'lenet5' has no norm switch")),
+    "betas_of_one_value": train(
+        SAMPLE, "optimizer=adam", "optimizer.betas=[0.9]", expect=("optimizer.betas=[0.9]: Adam takes 2 values",)),
+    "chdir_with_a_relative_root": train(
+        "dataset=imagefolder", "dataset.root=pics", "hydra.job.chdir=true", setup=_pictures(),
+        expect=("dataset.root=pics does not exist (in ", "where relative paths are looked up")),
+    "eval_of_a_run_folder_without_a_validation_split": Case(
+        "cnn-eval", ("checkpoint=run", "split=val"), ("split=val", "no validation split"), _run_without_validation,
+        needs_run=True),
+    "a_newline_in_a_file_name_cannot_forge_a_line": Case(
+        "cnn-predict", ("checkpoint=run", "inputs=['a\nerror: all is well.png']"),
+        ("inputs: a\\nerror: all is well.png does not exist",), _finished_run, needs_run=True),
     "run_dir_inside_a_file": train(
         SAMPLE, "hydra.run.dir=somefile/run", setup=_a_file("somefile"),
         expect=("somefile/run", "Not a directory", "hydra.run.dir=PATH")),

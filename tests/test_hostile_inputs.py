@@ -372,6 +372,19 @@ def test_a_checkpoint_record_nested_too_deep_is_refused_before_anything_recursiv
         checkpoint.load(best)
 
 
+def test_a_checkpoint_record_of_shared_references_a_billion_values_wide_is_refused(tmp_path: Path) -> None:
+    def laughs(state: dict) -> None:  # pickle's memo keeps it small: each level is ten references to the last
+        node: list = ["lol"]
+        for _ in range(9):
+            node = [node] * 10
+        state["config"]["model"]["laughs"] = node
+
+    best = save_run(tmp_path / "run", edit=laughs)
+    assert best.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"holds more than 1,000,000 values; it was not written by cnn-cli"):
+        checkpoint.load(best)
+
+
 def test_a_model_whose_weights_exceed_the_free_memory_is_refused_before_it_is_allocated() -> None:
     from cnn_cli import bounds
 

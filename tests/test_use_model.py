@@ -226,8 +226,11 @@ def readme_snippet() -> str:
 @pytest.mark.e2e
 def test_readme_onnxruntime_example_classifies_a_png_as_the_model_does(trained: Path, tmp_path: Path) -> None:
     """The README's minimal ONNX Runtime example, run as written on the file cnn-export wrote."""
-    export = cnn("cnn-export", f"checkpoint={trained}", "format=onnx", "output=best.onnx", cwd=tmp_path)
+    cache = tmp_path / "cache"  # onnxruntime's telemetry would write a device id and a database in cache/Microsoft/
+    export = cnn("cnn-export", f"checkpoint={trained}", "format=onnx", "output=best.onnx", cwd=tmp_path,
+                 env={"XDG_CACHE_HOME": str(cache)})
     assert re.search(r"largest logit difference from PyTorch \S+, same predictions 64/64", export.stdout)
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.rglob("*"))
     images, _ = sample_test_images()
     Image.fromarray(images[PICKED[3], 0]).save(tmp_path / "digit.png")
     (tmp_path / "example.py").write_text(readme_snippet())
