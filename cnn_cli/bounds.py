@@ -17,6 +17,7 @@ MAX_NODES = 1_000_000  # values in a stored config (a real one holds a few hundr
 MAX_EXPANSION = 100  # how many times larger than stored a checkpoint's member may unpack (torch stores them as is)
 
 
+ALWAYS_FITS = 64 << 20  # bytes any machine that runs torch has free
 MAX_SEED = 2**32 - 1  # numpy's range; a seed times the epoch stride stays in torch's 64 bits
 
 
@@ -42,6 +43,8 @@ def available_memory() -> int:
 
 def check_memory(needed: int, what: str, fix: str) -> None:
     """Refuse to allocate `needed` bytes that the machine does not have free."""
+    if needed < ALWAYS_FITS:  # not worth reading the system's figures (the builder asks at every layer)
+        return
     free = available_memory()
     if needed > free:
         raise UserError(f"{what} needs {needed / 1e9:.1f} GB of memory, more than the {free / 1e9:.1f} GB free on "

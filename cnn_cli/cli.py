@@ -101,6 +101,8 @@ def main(app: Callable[[], Any]) -> None:
         except Refused as refused:
             raise refused.args[0] from None
     except KeyboardInterrupt:
+        if want_traceback():
+            raise
         _interrupted()
     except Exception as err:
         swept = sweep.started()
@@ -132,8 +134,6 @@ def main(app: Callable[[], Any]) -> None:
 def _interrupted() -> NoReturn:
     """Ctrl-C where no handler saves (a second one while training saves, image decoding, an
     export): one line and exit status 130; an attempt that saved no checkpoint leaves nothing."""
-    if want_traceback():
-        raise
     attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
     last = attempt[0] / "checkpoints" / "last.pt" if attempt is not None else None
     if last is not None and last.is_file():

@@ -308,6 +308,8 @@ def test_interrupting_with_ctrl_c_where_nothing_saves_is_one_line_and_exit_130(t
         raise KeyboardInterrupt
 
     monkeypatch.setattr("sys.argv", ["cnn-summary"])
+    for switch in ("HYDRA_FULL_ERROR", "CNN_CLI_FULL_ERROR"):  # main sets them for this process: restored after
+        monkeypatch.setenv(switch, "0")
     with pytest.raises(SystemExit) as stopped:
         cli.main(interrupted)
     assert stopped.value.code == 130
