@@ -44,6 +44,8 @@ class TrainerSchema:
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     sync_bn: bool = MISSING
+    freeze: Any = None  # layer names, or 'up to NAME' (cnn_cli/transfer.py)
+    pretrained_lr_scale: float = 1.0
 
 
 @dataclass
@@ -192,6 +194,9 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
+    if not trainer.get("pretrained_lr_scale", 1.0) > 0:
+        raise UserError(f"trainer.pretrained_lr_scale={trainer.pretrained_lr_scale} must be > 0, e.g. 0.1 (pretrained "
+                        "layers learn at a tenth of optimizer.lr)")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
     optim.check(cfg, trainer.epochs)

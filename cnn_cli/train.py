@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, optim, runtime, schema, tb
+from cnn_cli import checkpoint, data as data_mod, distributed, optim, pretrained, runtime, schema, tb, transfer
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
@@ -104,13 +104,15 @@ class Run:
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
+    pretrained: list[str] = field(default_factory=list)  # parameters that came loaded (their own rate)
+    frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
         """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "progress": asdict(self.progress), "rng": _rng_state(), "config": self.record,
-                "finished": finished, "versions": _versions()}
+                "finished": finished, "versions": _versions(), "pretrained": self.pretrained}
 
     def load_state_dict(self, state: dict[str, Any], key: str) -> None:
         checkpoint.load_weights(self.model, state, key)
@@ -147,6 +149,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
             raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
+    pretrained.default_normalisation(cfg)
     schema.check(cfg)
     trainer = cfg.trainer
     rank = distributed.this_process()
@@ -168,14 +171,15 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
     model = _model(cfg, device, rank)
-    init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
-    if init is not None:
-        checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
+    loaded = resumed.get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
+    frozen = transfer.frozen_layers(model, trainer.get("freeze"))
+    transfer.freeze(model, frozen)
     data = _data(cfg, device, rank)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.get("pretrained_lr_scale", 1.0))
+    optimizer = optim.build_optimizer(cfg.optimizer, groups)
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     forward = model
@@ -185,14 +189,25 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     if trainer.compile:
         forward = torch.compile(forward)
     run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank)
+              scheduler, per_step, scaler, steps_per_epoch, rank, pretrained=loaded, frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
                  run.progress.step)
-    elif init is not None:
-        log.info("initialised weights from %s", cfg.init_from)
     return run
+
+
+def _start_weights(cfg: DictConfig, model: nn.Module) -> list[str]:
+    """model.pretrained's weights, then init_from's, each where name and shape match (transfer);
+    returns the names of the parameters that loaded."""
+    loaded: set[str] = set()
+    if cfg.model.get("pretrained"):
+        weights = pretrained.load(model, cfg.model, cfg.dataset.num_classes)
+        loaded |= set(transfer.load_matching(model, weights, f"model.pretrained={cfg.model.pretrained}"))
+    if cfg.init_from:
+        init = checkpoint.load(cfg.init_from, "init_from")
+        loaded |= set(transfer.load_matching(model, init["model"], f"init_from={cfg.init_from}"))
+    return sorted(loaded)
 
 
 def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.Module:
@@ -248,7 +263,6 @@ def train(run: Run) -> float:
                  trainer.batch_size,
                  f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  run.precision)
-        run.model.train()
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
                 stopped = train_one_epoch(run, writer, stop)
@@ -292,6 +306,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
     batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
                                      rank.index, rank.world)
     drawing = rank.main and show_progress(trainer.progress)
+    transfer.train_mode(run.model, run.frozen)  # again after each validation
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
