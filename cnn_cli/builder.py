@@ -23,7 +23,8 @@ from torch import nn
 
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.geometry import Field, Shape, check_window, fmt_shape
-from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES, EXPANDING, SEPARATES, TRANSPARENT, LayerKind, Residual, kind_of
+from cnn_cli.layers import (BLOCKS, CATALOGUE, COMPOSITES, EXPANDING, SEPARATES, TRANSPARENT, LayerKind, Residual,
+                             kind_of)
 
 BYTES_PER_VALUE = 4  # float32 activations
 # far beyond any real network, so that a config (or a shared checkpoint's) cannot make the
