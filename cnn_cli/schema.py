@@ -46,6 +46,7 @@ class TrainerSchema:
     sync_bn: bool = MISSING
     freeze: Any = None  # layer names, or 'up to NAME' (cnn_cli/transfer.py)
     pretrained_lr_scale: float = 1.0
+    fit_to_data: bool = False  # batch size and epochs from the training set's size (cnn_cli/recipe.py)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, optim, pretrained, runtime, schema, tb, transfer
+from cnn_cli import (checkpoint, data as data_mod, distributed, optim, pretrained, recipe, runtime, schema, tb,
+                     transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
@@ -206,7 +207,8 @@ def _start_weights(cfg: DictConfig, model: nn.Module) -> list[str]:
         loaded |= set(transfer.load_matching(model, weights, f"model.pretrained={cfg.model.pretrained}"))
     if cfg.init_from:
         init = checkpoint.load(cfg.init_from, "init_from")
-        loaded |= set(transfer.load_matching(model, init["model"], f"init_from={cfg.init_from}"))
+        new_classes = init["config"].get("dataset", {}).get("classes") != list(cfg.dataset.classes)
+        loaded |= set(transfer.load_matching(model, init["model"], f"init_from={cfg.init_from}", new_classes))
     return sorted(loaded)
 
 
@@ -230,6 +232,10 @@ def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> data
     data = data_mod.load(cfg.dataset, device)
     log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
+    if trainer.get("fit_to_data"):
+        trainer.batch_size, trainer.epochs, said = recipe.fit_to_data(len(data.train))
+        log.info("fit to the data: %s", said)
+        optim.check(cfg, trainer.epochs)  # a warm-up must still be shorter than the run
     if not len(data.val):
         log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
                  "last epoch")
@@ -263,6 +269,10 @@ def train(run: Run) -> float:
                  trainer.batch_size,
                  f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  run.precision)
+        left_out = len(run.data.train) % trainer.batch_size
+        if left_out and not trainer.limit_train_batches:
+            log.info("each epoch leaves %d of the %d training samples out (a partial last batch is dropped; the next "
+                     "epoch's shuffle takes others)", left_out, len(run.data.train))
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
                 stopped = train_one_epoch(run, writer, stop)

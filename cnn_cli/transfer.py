@@ -31,12 +31,16 @@ def _runs(names: list[str]) -> str:
     return ", ".join(dict.fromkeys(names)) or "none"
 
 
-def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> list[str]:
+def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                  new_classes: bool = False) -> list[str]:
     """Load every tensor of `weights` whose name and shape match the model's; the rest of the
-    model keeps its fresh initialisation. Logs, group by group, what loaded and what is fresh;
-    returns the names of the parameters that loaded. Nothing matching is an error."""
+    model keeps its fresh initialisation. With `new_classes` (the source scored other classes)
+    the head, the layer of the last parameters, starts fresh even where its shape fits. Logs,
+    group by group, what loaded and what is fresh; returns the names of the parameters that
+    loaded. Nothing matching is an error."""
     own = model.state_dict()
-    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    head = _group(list(dict(model.named_parameters()))[-1]) if new_classes else None
+    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape and _group(k) != head}
     if not any(k in matched for k, _ in model.named_parameters()):
         sample = ", ".join(list(weights)[:3])
         raise UserError(f"{source}: none of its weights fit this model (no layer with the same name and shape; it "
@@ -52,7 +56,9 @@ def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: st
         why = [f"{k} {tuple(weights[k].shape)} there vs {tuple(own[k].shape)} here" for k in fresh
                if _group(k) == name and k in weights]
         what = "partly fresh" if name in partial else "fresh"
-        log.info("%s: %s %s (%s)", source, name, what, "; ".join(why) if why else "not in the source")
+        reason = "the head, for other classes than the source's" if name == head else \
+            "; ".join(why) if why else "not in the source"
+        log.info("%s: %s %s (%s)", source, name, what, reason)
     if unused:
         log.info("%s: not used (no layer of that name and shape here): %s", source, _runs(map(_group, unused)))
     params = dict(model.named_parameters())

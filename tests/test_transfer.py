@@ -51,7 +51,15 @@ def test_init_from_loads_what_matches_and_starts_the_head_fresh(source: Path, tm
     assert torch.equal(own["bn1.running_var"], theirs["bn1.running_var"])
     assert own["fc1.weight"].shape == (4, 64) and not torch.equal(own["fc1.bias"], theirs["fc1.bias"][:4])
     assert f"init_from={source}: loaded" in caplog.text and ": conv1, bn1, res1, " in caplog.text
-    assert f"init_from={source}: fc1 fresh (fc1.weight (10, 64) there vs (4, 64) here; " in caplog.text
+    assert f"init_from={source}: fc1 fresh (the head, for other classes than the source's)" in caplog.text
+
+
+def test_a_head_for_other_classes_starts_fresh_even_where_its_shape_fits(source: Path, tmp_path: Path) -> None:
+    same = _prepare(tmp_path / "same", f"init_from={source}")
+    other = _prepare(tmp_path / "other", f"init_from={source}", "dataset.classes=[a,b,c,d,e,f,g,h,i,j]")
+    theirs = checkpoint.load(source)["model"]["fc1.weight"]
+    assert torch.equal(same.model.fc1.weight, theirs) and not torch.equal(other.model.fc1.weight, theirs)
+    assert torch.equal(other.model.conv1.weight, same.model.conv1.weight)
 
 
 def test_init_from_with_nothing_that_fits_is_an_error(source: Path, tmp_path: Path) -> None:
