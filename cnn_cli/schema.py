@@ -53,6 +53,16 @@ class TrainerSchema:
 class AugmentSchema:
     crop_padding: int = MISSING
     flip: bool = MISSING
+    # photo augmentation (cnn_cli/augment.py), off by default
+    resized_crop_scale: Optional[List[float]] = None  # [smallest, largest] area fraction, e.g. [0.35, 1]
+    resized_crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # width / height
+    rotate: float = 0.0  # up to this many degrees either way
+    translate: float = 0.0  # up to this fraction of the size either way
+    brightness: float = 0.0  # factors in [1 - x, 1 + x]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) for the share; 0: off
+    cutmix: float = 0.0
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import (checkpoint, data as data_mod, distributed, optim, pretrained, recipe, runtime, schema, tb,
+from cnn_cli import (augment, checkpoint, data as data_mod, distributed, optim, pretrained, recipe, runtime, schema, tb,
                      transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError, first_line
@@ -324,10 +324,12 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
     started = time.perf_counter()
     try:
         for images, labels in bar:
+            images, targets = augment.apply(images, labels, cfg.dataset.augment, run.data.mean, run.data.std,
+                                            cfg.dataset.num_classes, cfg.seed * 1_000_003 + progress.step)
             images = images.contiguous(memory_format=memory_format)
             with run.amp():
-                logits = run.forward(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
+                logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=trainer.label_smoothing)
             # one sync per step, and under torchrun one sum over the processes, so that
             # all agree on the global batch's loss and on stopping
             loss_sum, correct, stops = distributed.sum_over_ranks(
