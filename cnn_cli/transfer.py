@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import torch
+from omegaconf import ListConfig
 from torch import nn
 
 from cnn_cli.errors import UserError
@@ -33,14 +34,18 @@ def _runs(names: list[str]) -> str:
 
 def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
                   new_classes: bool = False) -> list[str]:
-    """Load every tensor of `weights` whose name and shape match the model's; the rest of the
+    """Load every layer whose tensors all match the model's in name and shape; the rest of the
     model keeps its fresh initialisation. With `new_classes` (the source scored other classes)
     the head, the layer of the last parameters, starts fresh even where its shape fits. Logs,
     group by group, what loaded and what is fresh; returns the names of the parameters that
     loaded. Nothing matching is an error."""
     own = model.state_dict()
     head = _group(list(dict(model.named_parameters()))[-1]) if new_classes else None
-    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape and _group(k) != head}
+    fits = {k for k, v in weights.items() if k in own and own[k].shape == v.shape and _group(k) != head}
+    layers: dict[str, list[str]] = {}
+    for key in own:  # a layer loads whole (weight, bias, statistics) or not at all
+        layers.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    matched = {k: weights[k] for keys in layers.values() if all(k in fits for k in keys) for k in keys}
     if not any(k in matched for k, _ in model.named_parameters()):
         sample = ", ".join(list(weights)[:3])
         raise UserError(f"{source}: none of its weights fit this model (no layer with the same name and shape; it "
@@ -76,7 +81,7 @@ def frozen_layers(model: nn.Module, spec: Any) -> list[str]:
         last = spec[len("up to "):].strip()
         _known(last, top, "trainer.freeze='up to NAME'", "a top-level layer")
         chosen = top[:top.index(last) + 1]
-    elif isinstance(spec, str) or all(isinstance(s, str) for s in spec):
+    elif isinstance(spec, str) or isinstance(spec, (list, ListConfig)) and all(isinstance(s, str) for s in spec):
         chosen = [spec] if isinstance(spec, str) else list(spec)
         for name in chosen:
             _known(name, [n for n in names if n], "trainer.freeze", "a layer")

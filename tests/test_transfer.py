@@ -67,6 +67,13 @@ def test_init_from_with_nothing_that_fits_is_an_error(source: Path, tmp_path: Pa
         _prepare(tmp_path / "run", f"init_from={source}", "model=mlp")
 
 
+def test_a_layer_loads_whole_or_not_at_all(source: Path, tmp_path: Path) -> None:
+    """mlp's last layer has resnet20's name and bias shape (fc1, 10) but not its weight's."""
+    with pytest.raises(UserError, match=r"none of its weights fit this model"):
+        _prepare(tmp_path / "run", f"init_from={source}", "model=mlp", "model.layers=[flatten,{linear: "
+                 "{out_features: 10}}]")
+
+
 def _one_step(run: train.Run) -> None:
     train.train_one_epoch(run, train._NoWriter(), train.StopRequest())
 
@@ -93,6 +100,8 @@ def test_freeze_names_are_checked(tmp_path: Path) -> None:
         _prepare(tmp_path / "run", "trainer.freeze=[conv1,res99]")
     with pytest.raises(UserError, match=r"trainer.freeze='up to NAME': 'fc9' is not a top-level layer"):
         _prepare(tmp_path / "run", "trainer.freeze='up to fc9'")
+    with pytest.raises(UserError, match=r"trainer.freeze=3: give layer names, e.g. trainer.freeze=\[conv1,bn1,res1\]"):
+        _prepare(tmp_path / "run", "trainer.freeze=3")
 
 
 def test_freezing_every_layer_is_an_error(tmp_path: Path) -> None:
