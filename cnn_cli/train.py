@@ -57,6 +57,7 @@ class Progress:
     seen: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    pretrained: list[str] = field(default_factory=list)  # parameters that came loaded: their own rate on resume
 
 
 class StopRequest:
@@ -105,7 +106,6 @@ class Run:
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
-    pretrained: list[str] = field(default_factory=list)  # parameters that came loaded (their own rate)
     frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class Run:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "progress": asdict(self.progress), "rng": _rng_state(), "config": self.record,
-                "finished": finished, "versions": _versions(), "pretrained": self.pretrained}
+                "finished": finished, "versions": _versions()}
 
     def load_state_dict(self, state: dict[str, Any], key: str) -> None:
         checkpoint.load_weights(self.model, state, key)
@@ -172,7 +172,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
     model = _model(cfg, device, rank)
-    loaded = resumed.get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
+    loaded = resumed["progress"].get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
     frozen = transfer.frozen_layers(model, trainer.get("freeze"))
     transfer.freeze(model, frozen)
     data = _data(cfg, device, rank)
@@ -190,7 +190,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     if trainer.compile:
         forward = torch.compile(forward)
     run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank, pretrained=loaded, frozen=frozen)
+              scheduler, per_step, scaler, steps_per_epoch, rank, Progress(pretrained=loaded), frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
