@@ -24,7 +24,8 @@ from torch import nn
 from cnn_cli import bounds
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.geometry import Field, Shape, check_window, fmt_shape
-from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES, SEPARATES, TRANSPARENT, LayerKind, Residual, kind_of
+from cnn_cli.layers import (BLOCKS, CATALOGUE, COMPOSITES, EXPANDING, SEPARATES, TRANSPARENT, LayerKind, Residual,
+                             kind_of)
 
 BYTES_PER_VALUE = 4  # float32 activations
 # far beyond any real network, so that a config (or a shared checkpoint's) cannot make the
@@ -175,20 +176,27 @@ def _repeat(args: dict[str, Any], shape: Shape, at: str, where: str) -> _Runs:
 
 def _stage(args: dict[str, Any], shape: Shape, at: str, where: str) -> _Runs:
     """stage: {block: basic, out_channels: 32, times: 3, stride: 2}: `times` blocks of one kind
-    (layers.BLOCKS), the first with the stride, in one line as timm's byobnet states a stage."""
-    if not {"block", "out_channels"} <= set(args) <= {"block", "out_channels", "times", "stride"}:
+    (layers.BLOCKS), the first with the stride, in one line as timm's byobnet states a stage.
+    An inverted block (MobileNetV2) also takes `expand` (default 6)."""
+    keys = {"block", "out_channels", "times", "stride", "expand"}
+    if not {"block", "out_channels"} <= set(args) <= keys:
         raise UserError(f"{at}: write stage as {{block: {' | '.join(BLOCKS)}, out_channels: C, times: N, "
-                        f"stride: S}} (times and stride default to 1), got keys {sorted(args)}")
+                        f"stride: S}} (times and stride default to 1; inverted also takes expand), got keys "
+                        f"{sorted(args)}")
     if not isinstance(args["block"], str) or args["block"] not in BLOCKS:
         raise UserError(f"{at}: block must be one of {', '.join(BLOCKS)}, got {args['block']!r}")
+    if "expand" in args and args["block"] not in EXPANDING:
+        raise UserError(f"{at}: expand is for {' and '.join(EXPANDING)} blocks; a {args['block']} block has a "
+                        "fixed shape, leave expand out")
     n = len(shape) - 1
     if n not in (1, 2, 3):
         raise UserError(f"{at}: a stage needs a map (C x L, C x H x W or C x D x H x W), but gets {fmt_shape(shape)}")
     make = BLOCKS[args["block"]]
     channels = _count(args["out_channels"], "out_channels", at, MAX_PARAMS)
     times, stride = _count(args.get("times", 1), "times", at), _count(args.get("stride", 1), "stride", at)
-    return f"{where}.stage", [(make(n, channels, stride if b == 1 else 1), f", block {b} of {times}")
-                              for b in range(1, times + 1)]
+    extra = {"expand": _count(args["expand"], "expand", at, 64)} if "expand" in args else {}
+    return f"{where}.stage", [(make(n, shape[0] if b == 1 else channels, channels, stride if b == 1 else 1, **extra),
+                               f", block {b} of {times}") for b in range(1, times + 1)]
 
 
 _EXPANDS = {"repeat": _repeat, "stage": _stage}
@@ -265,7 +273,7 @@ class _Walk:
         if kind.role == SEPARATES:
             self.weighted = None  # a nonlinearity (or max-pooling, or a per-sample norm) between them
             return
-        if self.weighted is not None:
+        if self.weighted is not None and not _low_rank(self.weighted[1], here[1]):
             self.warnings.append(_composition_warning(self.weighted, here, field_out))
         self.weighted = here
 
@@ -298,6 +306,16 @@ def _shortcut_row(path: str, shortcut: nn.Module, out: Shape, depth: int, field:
 
 def _size(field: Field | None) -> Shape | None:
     return field.size if field else None
+
+
+def _low_rank(first: nn.Module, second: nn.Module) -> bool:
+    """Two linear layers through a middle narrower than both ends are a low-rank factorisation,
+    fewer weights than the one layer they compose into: on purpose (MobileNetV2's linear
+    bottleneck), not a missing activation."""
+    def width(layer: nn.Module, side: str) -> int:
+        return getattr(layer, f"{side}_channels", None) or getattr(layer, f"{side}_features")
+    middle = width(first, "out")
+    return middle < width(first, "in") and middle < width(second, "out")
 
 
 def _composition_warning(first: tuple[str, nn.Module, Field | None], second: tuple[str, nn.Module, Field | None],

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from cnn_cli import bounds, imagefolder
+from cnn_cli import augment as augment_mod, bounds, imagefolder
 from cnn_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError("dataset.augment.flip=true mirrors images left to right, but the samples are 1-D signals "
                         f"({' x '.join(map(str, shape))}: channels x steps), where that would reverse time; "
                         "set dataset.augment.flip=false")
+    augment_mod.check(augment, shape)
 
 
 def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, str]) -> None:

@@ -254,7 +254,7 @@ def _catalogue() -> dict[str, LayerKind]:
             adaptive(getattr(nn, f"AdaptiveAvgPool{n}d"), role=TRANSPARENT),
             adaptive(getattr(nn, f"AdaptiveMaxPool{n}d")),
         ]
-    for act in (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus):
+    for act in (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus):
         kinds.append(LayerKind(act, act.__name__.lower()))
     kinds.append(LayerKind(nn.Identity, "identity", role=TRANSPARENT))
     return {kind.name: kind for kind in kinds}
@@ -267,20 +267,26 @@ CATALOGUE: dict[str, LayerKind] = _catalogue()
 # VGG-11 is then one line of config, and the built model is the one the specs spell out.
 
 
-def _conv_bn_relu(n: int, channels: int, stride: int, kernel_size: int = 3) -> list:
+def _conv_bn_relu(n: int, channels: int, stride: int, kernel_size: int = 3, groups: int = 1,
+                  act: str = "relu") -> list:
     """VGG's unit (with batchnorm): a 3x3 convolution, bias-free before its norm."""
-    return [{f"conv{n}d": {"out_channels": channels, "kernel_size": kernel_size, "stride": stride,
-                           "padding": kernel_size // 2, "bias": False}}, f"batchnorm{n}d", "relu"]
+    conv = {"out_channels": channels, "kernel_size": kernel_size, "stride": stride, "padding": kernel_size // 2,
+            "bias": False, **({"groups": groups} if groups > 1 else {})}
+    return [{f"conv{n}d": conv}, f"batchnorm{n}d", act]
 
 
-def _basic(n: int, channels: int, stride: int) -> list:
+def _vgg(n: int, in_channels: int, channels: int, stride: int) -> list:
+    return _conv_bn_relu(n, channels, stride)
+
+
+def _basic(n: int, in_channels: int, channels: int, stride: int) -> list:
     """ResNet's basic block (He et al. 2016): two 3x3 convs with batchnorm, the shortcut added
     before the last relu."""
     body = _conv_bn_relu(n, channels, stride) + _conv_bn_relu(n, channels, 1)[:2]
     return [{"residual": {"layers": body}}, "relu"]
 
 
-def _bottleneck(n: int, channels: int, stride: int) -> list:
+def _bottleneck(n: int, in_channels: int, channels: int, stride: int) -> list:
     """ResNet-50's block: 1x1 down to a quarter of the channels, 3x3 with the stride (as
     torchvision places it), 1x1 back up, the shortcut added before the last relu."""
     width = max(1, channels // 4)
@@ -289,8 +295,22 @@ def _bottleneck(n: int, channels: int, stride: int) -> list:
     return [{"residual": {"layers": body}}, "relu"]
 
 
-BLOCKS: dict[str, Callable[[int, int, int], list]] = {
-    "conv_bn_relu": _conv_bn_relu, "basic": _basic, "bottleneck": _bottleneck}
+def _inverted(n: int, in_channels: int, channels: int, stride: int, expand: int = 6) -> list:
+    """MobileNetV2's inverted residual (Sandler et al. 2018), as torchvision builds it: a 1x1
+    expansion to `expand` times the input channels (none when expand is 1), a 3x3 depthwise
+    conv with the stride, relu6 after both, then a linear 1x1 projection (no activation).
+    The input is added back only where the shape stays (stride 1, same channels)."""
+    hidden = in_channels * expand
+    body = (_conv_bn_relu(n, hidden, 1, kernel_size=1, act="relu6") * (expand != 1)
+            + _conv_bn_relu(n, hidden, stride, groups=hidden, act="relu6")
+            + _conv_bn_relu(n, channels, 1, kernel_size=1)[:2])
+    return [{"residual": {"layers": body}}] if stride == 1 and in_channels == channels else body
+
+
+# each block from (spatial axes, incoming channels, out_channels, stride[, expand])
+BLOCKS: dict[str, Callable[..., list]] = {
+    "conv_bn_relu": _vgg, "basic": _basic, "bottleneck": _bottleneck, "inverted": _inverted}
+EXPANDING = ("inverted",)  # the blocks a stage's `expand` applies to
 COMPOSITES = ("repeat", "residual", "stage")
 
 

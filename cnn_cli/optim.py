@@ -134,6 +134,8 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     length_key = LENGTH_KEYS.get(options["name"])
     if length_key and options.get(length_key) is None:
         options[length_key] = max(1, total - warmup)
+    if "max_lr" in options:  # OneCycleLR sets each group's rate itself: keep the groups' scales (transfer)
+        options["max_lr"] = [options["max_lr"] * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     main = _construct("scheduler", SCHEDULERS, options, optimizer)
     if not warmup:
         return main, per_step

@@ -44,12 +44,25 @@ class TrainerSchema:
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     sync_bn: bool = MISSING
+    freeze: Any = None  # layer names, or 'up to NAME' (cnn_cli/transfer.py)
+    pretrained_lr_scale: float = 1.0
+    fit_to_data: bool = False  # batch size and epochs from the training set's size (cnn_cli/recipe.py)
 
 
 @dataclass
 class AugmentSchema:
     crop_padding: int = MISSING
     flip: bool = MISSING
+    # photo augmentation (cnn_cli/augment.py), off by default
+    resized_crop_scale: Optional[List[float]] = None  # [smallest, largest] area fraction, e.g. [0.35, 1]
+    resized_crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # width / height
+    rotate: float = 0.0  # up to this many degrees either way
+    translate: float = 0.0  # up to this fraction of the size either way
+    brightness: float = 0.0  # factors in [1 - x, 1 + x]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) for the share; 0: off
+    cutmix: float = 0.0
 
 
 @dataclass
@@ -193,6 +206,9 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
+    if not trainer.get("pretrained_lr_scale", 1.0) > 0:
+        raise UserError(f"trainer.pretrained_lr_scale={trainer.pretrained_lr_scale} must be > 0, e.g. 0.1 (pretrained "
+                        "layers learn at a tenth of optimizer.lr)")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
     optim.check(cfg, trainer.epochs)

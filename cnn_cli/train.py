@@ -30,7 +30,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, optim, rundir, runtime, schema, tb
+from cnn_cli import (augment, checkpoint, data as data_mod, distributed, optim, pretrained, recipe, rundir, runtime,
+                     schema, tb, transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
@@ -56,6 +57,7 @@ class Progress:
     seen: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    pretrained: list[str] = field(default_factory=list)  # parameters that came loaded: their own rate on resume
 
 
 class StopRequest:
@@ -104,6 +106,7 @@ class Run:
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
+    frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
         """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
@@ -153,6 +156,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
             raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
         cfg = _resumed_config(resumed, task_overrides)
+    pretrained.default_normalisation(cfg)
     schema.check(cfg)
     hidden = checkpoint.environment_values(cfg, checkpoint.recorded_config(cfg))
     if hidden:  # the log (train.log, the console) says ${oc.env:KEY} where the config did
@@ -178,14 +182,15 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
     model = _model(cfg, device, rank)
-    init = checkpoint.load(cfg.init_from, "init_from") if cfg.init_from and resumed is None else None
-    if init is not None:
-        checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
+    loaded = resumed["progress"].get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
+    frozen = transfer.frozen_layers(model, trainer.get("freeze"))
+    transfer.freeze(model, frozen)
     data = _data(cfg, device, rank)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     if trainer.limit_train_batches:
         steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.get("pretrained_lr_scale", 1.0))
+    optimizer = optim.build_optimizer(cfg.optimizer, groups)
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     forward = model
@@ -195,14 +200,26 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     if trainer.compile:
         forward = torch.compile(forward)
     run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank)
+              scheduler, per_step, scaler, steps_per_epoch, rank, Progress(pretrained=loaded), frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
                  run.progress.step)
-    elif init is not None:
-        log.info("initialised weights from %s", cfg.init_from)
     return run
+
+
+def _start_weights(cfg: DictConfig, model: nn.Module) -> list[str]:
+    """model.pretrained's weights, then init_from's, each where name and shape match (transfer);
+    returns the names of the parameters that loaded."""
+    loaded: set[str] = set()
+    if cfg.model.get("pretrained"):
+        weights = pretrained.load(model, cfg.model, cfg.dataset.num_classes)
+        loaded |= set(transfer.load_matching(model, weights, f"model.pretrained={cfg.model.pretrained}"))
+    if cfg.init_from:
+        init = checkpoint.load(cfg.init_from, "init_from")
+        new_classes = init["config"].get("dataset", {}).get("classes") != list(cfg.dataset.classes)
+        loaded |= set(transfer.load_matching(model, init["model"], f"init_from={cfg.init_from}", new_classes))
+    return sorted(loaded)
 
 
 def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.Module:
@@ -230,6 +247,10 @@ def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> data
                "dataset.test_size=2, or a DIR/test/ folder" if cfg.dataset.source == data_mod.IMAGEFOLDER
                else "give the test split some")
         raise UserError(f"{data.name} has no test samples, and the run ends with a report on them; {fix}")
+    if trainer.get("fit_to_data"):
+        trainer.batch_size, trainer.epochs, said = recipe.fit_to_data(len(data.train))
+        log.info("fit to the data: %s", said)
+        optim.check(cfg, trainer.epochs)  # a warm-up must still be shorter than the run
     if not len(data.val):
         log.info("no validation split (dataset.val_size=0): training on the whole training set; best.pt is the "
                  "last epoch")
@@ -261,7 +282,10 @@ def train(run: Run) -> float:
                  trainer.batch_size,
                  f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  run.precision)
-        run.model.train()
+        left_out = len(run.data.train) % trainer.batch_size
+        if left_out and not trainer.limit_train_batches:
+            log.info("each epoch leaves %d of the %d training samples out (a partial last batch is dropped; the next "
+                     "epoch's shuffle takes others)", left_out, len(run.data.train))
         with StopRequest() as stop:
             while progress.epoch < trainer.epochs:
                 stopped = train_one_epoch(run, writer, stop)
@@ -305,6 +329,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
     batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
                                      rank.index, rank.world)
     drawing = rank.main and show_progress(trainer.progress)
+    transfer.train_mode(run.model, run.frozen)  # again after each validation
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
@@ -312,10 +337,12 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
     started = time.perf_counter()
     try:
         for images, labels in bar:
+            images, targets = augment.apply(images, labels, cfg.dataset.augment, run.data.mean, run.data.std,
+                                            cfg.dataset.num_classes, cfg.seed * 1_000_003 + progress.step)
             images = images.contiguous(memory_format=memory_format)
             with run.amp():
-                logits = run.forward(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.label_smoothing)
+                logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=trainer.label_smoothing)
             # one sync per step, and under torchrun one sum over the processes, so that
             # all agree on the global batch's loss and on stopping
             loss_sum, correct, stops = distributed.sum_over_ranks(

@@ -370,9 +370,12 @@ CASES: dict[str, Case] = {
         "resume=run", "optimizer.lr=1", setup=_unfinished_run, needs_run=True,
         expect=("'optimizer.lr=1' would change the run", "trainer.device", "init_from=")),
     "init_from_another_architecture": train(
-        SAMPLE, "model=lenet5_bn", "init_from=run/checkpoints/best.pt", setup=_finished_run, needs_run=True,
-        expect=("init_from=run/checkpoints/best.pt", "model 'lenet5'", "do not fit", "missing bn1.",
+        SAMPLE, "model=mlp", "init_from=run/checkpoints/best.pt", setup=_finished_run, needs_run=True,
+        expect=("init_from=run/checkpoints/best.pt", "none of its weights fit this model", "conv1.weight",
                 "same architecture")),
+    "freeze_an_unknown_layer": train(
+        SAMPLE, "model=lenet5_bn", "trainer.freeze=[conv1,conv9]",
+        expect=("trainer.freeze: 'conv9' is not a layer of this model", "Name column", "did you mean")),
     "eval_without_a_checkpoint": Case(
         "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")),
     "eval_random_bytes": Case(

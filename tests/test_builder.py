@@ -457,7 +457,7 @@ def test_adaptiveavgpool2d_and_dropout2d():
     assert forward_shape(built, (1, 11, 11)) == (2,)
 
 
-ACTIVATIONS = ["relu", "leakyrelu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "identity"]
+ACTIVATIONS = ["relu", "relu6", "leakyrelu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "identity"]
 
 
 def test_activation_list_is_the_catalogue_list():

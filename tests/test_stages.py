@@ -57,11 +57,13 @@ def test_a_block_computes_what_torchvisions_block_computes(block: str, torchvisi
 
 @pytest.mark.parametrize("stage, shape, message", [
     ({"block": "resnet", "out_channels": 8}, (3, 8, 8),
-     "model.layers[0] (stage): block must be one of conv_bn_relu, basic, bottleneck, got 'resnet'"),
+     "model.layers[0] (stage): block must be one of conv_bn_relu, basic, bottleneck, inverted, got 'resnet'"),
     ({"block": ["basic"], "out_channels": 8}, (3, 8, 8), "block must be one of conv_bn_relu, basic, bottleneck"),
     ({"block": "basic"}, (3, 8, 8), "model.layers[0] (stage): write stage as {block: conv_bn_relu | basic | "
-                                    "bottleneck, out_channels: C, times: N, stride: S}"),
+                                    "bottleneck | inverted, out_channels: C, times: N, stride: S}"),
     ({"block": "basic", "out_channels": 8, "depth": 3}, (3, 8, 8), "got keys ['block', 'depth', 'out_channels']"),
+    ({"block": "basic", "out_channels": 8, "expand": 4}, (3, 8, 8),
+     "model.layers[0] (stage): expand is for inverted blocks; a basic block has a fixed shape, leave expand out"),
     ({"block": "basic", "out_channels": 8, "times": 0}, (3, 8, 8),
      "model.layers[0] (stage): times must be a whole number from 1 to 10,000, got 0"),
     ({"block": "basic", "out_channels": 8, "stride": True}, (3, 8, 8), "stride must be a whole number"),
