@@ -37,7 +37,7 @@ class TrainerSchema:
     channels_last: bool = MISSING
     compile: bool = MISSING
     deterministic: bool = MISSING
-    num_threads: Optional[int] = MISSING
+    num_threads: Any = MISSING  # auto | N | null
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
@@ -185,9 +185,13 @@ def check(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps"):
         _at_least(f"trainer.{key}", trainer[key], 1)
-    for key in ("limit_train_batches", "limit_val_batches", "num_threads"):
+    for key in ("limit_train_batches", "limit_val_batches"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
+    threads = trainer.num_threads
+    if not (threads in (None, "auto") or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+        raise UserError(f"trainer.num_threads={threads}: choose auto (fit the free cores), a count >= 1, or null "
+                        "(PyTorch's choice)")
     if not (isinstance(trainer.progress, bool) or trainer.progress == "auto"):
         raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:

@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import shlex
 import signal
 import sys
@@ -158,8 +159,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         device = torch.device("cuda", rank.local)  # one GPU per process
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
-    if trainer.num_threads:
-        torch.set_num_threads(trainer.num_threads)
+    log.info("threads: %s", runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(cfg.seed)
 
     distributed.start(rank, device)
