@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from cnn_cli import imagefolder
+from cnn_cli import idx, imagefolder
 from cnn_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -199,7 +199,6 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if cfg.source not in SOURCES:
         raise UserError(f"dataset.source '{cfg.source}' is not one of "
                         f"{', '.join([*SOURCES, *BUNDLED, RANDOM, IMAGEFOLDER])}")
-    cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. "
                         "dataset.root=data")
@@ -207,6 +206,11 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if root.exists() and not root.is_dir():
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds "
                         f"{cfg.source}/")
+    if cfg.source in idx.SOURCES:  # files already there: read without torchvision
+        read = idx.read_splits(root / cfg.source / "raw")
+        if read is not None:
+            return (*read, cfg.name)
+    cls = _source(cfg.source)
     try:
         train, test = _open(cls, root, cfg.download)
     except _Missing as missing:
@@ -377,8 +381,10 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
     shape = (1, -1) + (1,) * (images.dim() - 2)  # broadcast over the batch and every spatial axis
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
-    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-    return (x - mean).div_(std)
+    scale = 1 / (std * 255) if images.dtype == torch.uint8 else 1 / std
+    # x * scale - mean / std, in place on the converted batch: two passes instead of three, no
+    # second batch-sized tensor (measured twice as fast as addcmul's broadcast on the CPU)
+    return images.to(torch.float32, copy=True).mul_(scale).sub_(mean / std)  # copy: a float split stays as it is
 
 
 @dataclass

@@ -43,6 +43,9 @@ class TrainerSchema:
     limit_val_batches: Optional[int] = MISSING
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
+    log_graph: bool = MISSING
+    log_images: bool = MISSING
+    checkpoints: bool = MISSING
     sync_bn: bool = MISSING
 
 

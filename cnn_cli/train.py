@@ -105,6 +105,7 @@ class Run:
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
+    best_weights: dict[str, torch.Tensor] | None = None  # trainer.checkpoints=false: best.pt's weights, in memory
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
         """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
@@ -123,8 +124,20 @@ class Run:
         self.resumed = True
 
     def save(self, name: str, finished: bool = False) -> None:
-        if self.rank.main:  # the other processes hold the same state
+        if not self.cfg.trainer.get("checkpoints", True):  # the best weights are still what the test set tests
+            if name == "best.pt":
+                self.best_weights = {key: value.clone() for key, value in self.model.state_dict().items()}
+        elif self.rank.main:  # the other processes hold the same state
             checkpoint.save(self.state_dict(finished), self.ckpt_dir / name)
+
+    def best(self) -> nn.Module:
+        """The model with best.pt's weights (the run's model keeps its last weights for last.pt)."""
+        best = copy.deepcopy(self.model)
+        weights = self.best_weights
+        if weights is None:
+            weights = checkpoint.load(self.ckpt_dir / "best.pt")["model"]
+        best.load_state_dict(weights)
+        return best
 
     @property
     def ckpt_dir(self) -> Path:
@@ -240,7 +253,8 @@ def train(run: Run) -> float:
         if rank.main else _NoWriter()
     try:
         if not run.resumed:
-            _log_graph(writer, run.model, run.data)
+            if trainer.get("log_graph", True):
+                _log_graph(writer, run.model, run.data)
             writer.add_custom_scalars(tb.CHARTS)
             if rank.main:
                 tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
@@ -256,7 +270,10 @@ def train(run: Run) -> float:
                     end_epoch(run, writer)
                 if stopped:
                     run.save("last.pt")
-                    if rank.main:
+                    if rank.main and not trainer.get("checkpoints", True):
+                        log.warning("stopped at epoch %d, step %d; nothing saved (trainer.checkpoints=false)",
+                                    progress.epoch + 1, progress.step)
+                    elif rank.main:
                         log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
                                     progress.epoch + 1, progress.step, run.ckpt_dir / "last.pt",
                                     shlex.quote(str(run.run_dir)))
@@ -391,7 +408,8 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)
-    tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
+    if trainer.get("log_images", True):
+        tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
     if trainer.log_histograms:
         tb.write_histograms(writer, run.model, progress.step)
     log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | lr %.3g | %.0f img/s, %.1f s", epoch + 1, trainer.epochs,
@@ -416,18 +434,18 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     elif rank.world > 1:
         log.info("all %d processes hold identical weights", rank.world)
     distributed.barrier()  # rank 0 has written best.pt
-    best = copy.deepcopy(run.model)  # the model keeps its last weights for last.pt
-    best.load_state_dict(checkpoint.load(run.ckpt_dir / "best.pt")["model"])
+    best = run.best()
     shard = data_mod.shard(data.test, rank.index, rank.world)
     test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, None, run.amp, run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
-    if rank.main:
+    if rank.main and cfg.trainer.get("log_images", True):
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
         two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
         tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
+    if rank.main:
         tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
                   "dataset": data.name, "model": run.record["model"]["name"],
