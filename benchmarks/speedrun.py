@@ -3,7 +3,7 @@ as one hand-written PyTorch script (benchmarks/mnist_plain.py), each a whole pro
 from launch to its printed test accuracy, taking turns (A B A B ...) so that a shared
 machine's changing load falls on both alike.
 
-    python benchmarks/speedrun.py --root ../shared/data [--rounds 5] [--seed 0] [--steps 656]
+    python benchmarks/speedrun.py --root ../shared/data [--rounds 5] [--seed 0] [--steps 937]
                                   [-- cnn-train overrides]
 
 Prints each run, then the medians, the ratio cnn-train / script, and the load average
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
     parser.add_argument("--rounds", type=int, default=5, help="A B pairs; medians over them")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=656, help="training steps (the recipe's 0.7 epoch)")
+    parser.add_argument("--steps", type=int, default=937, help="training steps (the recipe's one epoch)")
     parser.add_argument("overrides", nargs="*", help="extra cnn-train overrides")
     args = parser.parse_args()
     root = str(Path(args.root).resolve())

@@ -459,9 +459,10 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
         f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"
-    log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (best.pt, %d test samples, %s)\n"
+    tested = "best.pt" if run.best_weights is None else "best weights, trainer.checkpoints=false"
+    log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (%s, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
-             rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
+             rule, best_text, test.accuracy, tested, len(data.test), data.name, run_dir, run_dir, rule)
     return progress.best_acc if validated else math.nan
 
 

@@ -101,7 +101,7 @@ def test_the_speedrun_experiment_is_the_recipe() -> None:
     assert [type(m).__name__ for m in model][:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
     assert (cfg.dataset.val_size, cfg.optimizer.name, cfg.optimizer.lr, cfg.scheduler.name) == (0, "SGD", 0.2,
                                                                                                 "OneCycleLR")
-    assert (cfg.trainer.batch_size, cfg.trainer.limit_train_batches, cfg.trainer.label_smoothing) == (64, 656, 0.1)
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.label_smoothing) == (64, 1, 0.1)
     assert not (cfg.trainer.log_graph or cfg.trainer.log_images or cfg.trainer.checkpoints)
 
 
