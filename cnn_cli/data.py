@@ -96,8 +96,9 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     def split(images: Tensor, labels: Tensor) -> Split:
         return Split(images.to(device), labels.to(device))
 
-    return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
-                split(test_x, test_y), name, mean, std)
+    # val_size=0: train_idx is 0, 1, ..., N - 1, so the whole set as it is, without a copy
+    train = split(train_x, train_y) if not val_size else split(train_x[train_idx], train_y[train_idx])
+    return Data(train, split(train_x[val_idx], train_y[val_idx]), split(test_x, test_y), name, mean, std)
 
 
 # Pixels drawn uniformly from 0..255 scale to [0, 1], whose mean is 1/2 and std 1/sqrt(12).

@@ -22,19 +22,18 @@ _UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one these files u
 def read_array(path: Path) -> np.ndarray | None:
     """The uint8 array an IDX file holds, or None if it is not a whole IDX file of bytes."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            magic = file.read(4)
+            if len(magic) < 4 or magic[:3] != bytes([0, 0, _UBYTE]):
+                return None
+            sizes = file.read(4 * magic[3])
+            if len(sizes) < 4 * magic[3]:
+                return None
+            shape = struct.unpack(f">{magic[3]}I", sizes)
+            values = np.fromfile(file, np.uint8)  # read once, straight into a writable array
     except OSError:
         return None
-    if len(raw) < 4 or raw[:3] != bytes([0, 0, _UBYTE]):
-        return None
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        return None
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) != header + math.prod(shape):
-        return None
-    return np.frombuffer(bytearray(raw), np.uint8, offset=header).reshape(shape)
+    return values.reshape(shape) if len(values) == math.prod(shape) else None
 
 
 def read_splits(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:

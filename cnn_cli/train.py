@@ -131,12 +131,13 @@ class Run:
             checkpoint.save(self.state_dict(finished), self.ckpt_dir / name)
 
     def best(self) -> nn.Module:
-        """The model with best.pt's weights (the run's model keeps its last weights for last.pt)."""
+        """The model with best.pt's weights (the run's model keeps its last weights for last.pt;
+        with no checkpoints there is no last.pt, and the model itself takes the best weights)."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+            return self.model
         best = copy.deepcopy(self.model)
-        weights = self.best_weights
-        if weights is None:
-            weights = checkpoint.load(self.ckpt_dir / "best.pt")["model"]
-        best.load_state_dict(weights)
+        best.load_state_dict(checkpoint.load(self.ckpt_dir / "best.pt")["model"])
         return best
 
     @property
