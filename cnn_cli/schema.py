@@ -12,13 +12,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 from dataclasses import dataclass, field, fields, make_dataclass
 from importlib import resources
 from typing import Any, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig
 
 from cnn_cli import data, optim
 from cnn_cli.builder import check_norm
@@ -162,13 +163,20 @@ def register() -> None:
     cs.store(group="schema", name="dataset", node=DatasetSchema)
     for group, classes, extra in (("optimizer", optim.OPTIMIZERS, lambda cls: []),
                                   ("scheduler", optim.SCHEDULERS, _scheduler_keys)):
-        shipped = {OmegaConf.load(f).get("name") for f in resources.files("cnn_cli.configs").joinpath(group).iterdir()
+        shipped = {_class_named(f.read_text()) for f in resources.files("cnn_cli.configs").joinpath(group).iterdir()
                    if f.name.endswith(".yaml")}
         for name, cls in classes.items():  # every torch.optim class, for configs of your own too
             node = signature_schema(cls, extra(cls))
             cs.store(group=f"schema/{group}", name=name, node=node)
             if name not in shipped:  # optimizer=radam, scheduler=exponentiallr: the schema, PyTorch's defaults
                 cs.store(group=group, name=name.lower(), node={"defaults": [f"/schema/{group}/{name}@_here_"]})
+
+
+def _class_named(text: str) -> str | None:
+    """A shipped optimizer or scheduler file's top-level `name:`, found without parsing the YAML
+    (which, for every file at every start, costs more than the rest of registering)."""
+    found = re.search(r"^name:\s*(\w+)", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _scheduler_keys(cls: type) -> list[tuple[str, Any, Any]]:
