@@ -46,7 +46,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 quick_speed=() quick_models=()
 if [ -n "${QUICK:-}" ]; then
-  quick_speed=(--epochs 2 --batches 5) quick_models=(--epochs 2 --batches 2 --batch-size 16 --models resnet20 --precisions 32)
+  quick_speed=(--epochs 2 --batches 5 --repeats 1) quick_models=(--epochs 2 --batches 2 --batch-size 16 --models resnet20 --precisions 32)
 fi
 "$PYTHON" benchmarks/speed.py --root "$ROOT" --device "$DEVICE" "${quick_speed[@]}"
 echo

@@ -27,7 +27,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from cnn_cli import checkpoint
+from cnn_cli import checkpoint, data
 from cnn_cli.builder import build_from_config
 from cnn_cli.cli import register
 from cnn_cli.evaluate import load_trained
@@ -54,9 +54,10 @@ def exported(model: str, folder: Path) -> tuple[Path, Path]:
     """A checkpoint of the untrained model and the ONNX file cnn-export makes of it."""
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"dataset={DATASETS[model]}"])
+    data.resolve(cfg.dataset)  # as cnn-train does before it records the config (random's classes are named then)
     state = {key: {} for key in checkpoint.FORMAT}
     state.update(finished=True, model=build_from_config(cfg).model.state_dict(),
-                 config=OmegaConf.to_container(cfg, resolve=True))
+                 config=checkpoint.recorded_config(cfg))
     ckpt = folder / f"{model}.pt"
     checkpoint.save(state, ckpt)
     report = run_export(OmegaConf.create({"checkpoint": str(ckpt), "format": "onnx", "output": None, "fuse_bn": True,
@@ -92,7 +93,7 @@ def main() -> None:
                         "ONNX Runtime": lambda: session.run(["logits"], feed),
                     }
                     for name, run in contenders.items():
-                        seconds = median_seconds(run, args.repeats if batch == 1 else max(10, args.repeats // 10))
+                        seconds = median_seconds(run, args.repeats if batch == 1 else max(3, args.repeats // 10))
                         rows.append((model, batch, name, seconds))
     print(f"\n{args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     print("| model | contender | batch 1 latency (ms) | batch 256 throughput (img/s) |")

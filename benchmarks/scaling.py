@@ -25,10 +25,10 @@ def peak_rss_mb(pid: int) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def train(root: str, images: int, epochs: int, run_dir: Path) -> tuple[list[dict], list[float]]:
-    """Train on `images` training images (the rest of the 60,000 is the validation split);
+def train(root: str, images: int, total: int, epochs: int, run_dir: Path) -> tuple[list[dict], list[float]]:
+    """Train on `images` of the `total` training images (the rest is the validation split);
     returns the epoch history and the peak RSS after each epoch."""
-    cmd = [cnn_train(), "model=lenet5", f"dataset.root={root}", f"dataset.val_size={60000 - images}",
+    cmd = [cnn_train(), "model=lenet5", f"dataset.root={root}", f"dataset.val_size={total - images}",
            f"trainer.epochs={epochs}", "trainer.limit_val_batches=1", "trainer.progress=false",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -47,16 +47,17 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 30000, 59000])
     parser.add_argument("--epochs", type=int, default=2, help="epochs per size (the first warms up)")
+    parser.add_argument("--total", type=int, default=60000, help="training images in the MNIST files")
     parser.add_argument("--memory-epochs", type=int, default=5, help="epochs of the memory run (smallest size)")
     args = parser.parse_args()
     root = str(Path(args.root).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'train images':>12}{'epoch s':>10}{'s per 10k':>11}{'img/s':>8}")
         for n in args.sizes:
-            history, _ = train(root, n, args.epochs, Path(tmp) / f"n{n}")
+            history, _ = train(root, n, args.total, args.epochs, Path(tmp) / f"n{n}")
             seconds = history[-1]["epoch_seconds"]
             print(f"{n:12,}{seconds:10.1f}{seconds / n * 10000:11.2f}{history[-1]['img_per_s']:8.0f}")
-        _, peaks = train(root, args.sizes[0], args.memory_epochs, Path(tmp) / "memory")
+        _, peaks = train(root, args.sizes[0], args.total, args.memory_epochs, Path(tmp) / "memory")
         print("peak RSS MB after each epoch: " + ", ".join(f"{p:.0f}" for p in peaks))
         print(f"last / first: {peaks[-1] / peaks[0]:.3f}")
 

@@ -3,9 +3,11 @@
 LeNet-5, batch 128, SGD, full MNIST, float32.
 
     python benchmarks/speed.py --root ../shared/data [--device cpu] [--epochs 3] [--batches 200]
-                               [-- cnn-train overrides]
+                               [--repeats 3] [-- cnn-train overrides]
 
-Each contender runs in its own process, so peak RSS and start-up are its own. Throughput
+Each contender runs in its own process, so peak RSS and start-up are its own, and the
+contenders take turns (a b c a b c ...), so that a change in a shared machine's load falls
+on each alike; the table shows each one's medians. Throughput
 is images/s over the epochs after the first (the first warms up kernels and allocators).
 The start-up floor is a process that only imports torch and torch._dynamo, which every
 optimizer.step() imports: no PyTorch training loop can take its first step sooner.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -120,35 +123,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first is warm-up")
     parser.add_argument("--batches", type=int, default=200, help="training batches per epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of a b c, interleaved; medians are shown")
     parser.add_argument("--only", choices=["a", "b", "c"], action="append")
     parser.add_argument("overrides", nargs="*", help="extra cnn-train overrides for (a)")
     parser.add_argument("--role", choices=["plain", "examples"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first epoch is warm-up, not counted)")
     if args.role:
         {"plain": plain, "examples": examples}[args.role](args.root, args.epochs, args.batches, args.device)
         return
 
     root = str(Path(args.root).resolve())
-    results = {}
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-speed-{os.getpid()}"
-    if "a" in (args.only or "abc"):
-        run_dir = tmp / "a"
-        results["a"] = measure([cnn_train(), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
-                                "scheduler=none", f"trainer.device={args.device}", "trainer.precision=32",
-                                f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
-                                f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",
-                                "trainer.progress=false", f"hydra.run.dir={run_dir}", *args.overrides])
-        results["a"]["img_per_s"] = steady_img_per_s(run_dir)
-    for key, role in (("b", "plain"), ("c", "examples")):
-        if key in (args.only or "abc"):
-            results[key] = measure([sys.executable, __file__, "--role", role, "--root", root, "--device", args.device,
-                                    "--epochs", str(args.epochs), "--batches", str(args.batches)])
+    contenders = {key: role for key, role in (("a", None), ("b", "plain"), ("c", "examples"))
+                  if key in (args.only or "abc")}
+    rounds: dict[str, list[dict[str, float]]] = {key: [] for key in contenders}
+    for repeat in range(args.repeats):  # a b c a b c ...: a change in the machine's load hits each alike
+        for key, role in contenders.items():
+            if role is None:
+                run_dir = tmp / f"a{repeat}"
+                result = measure([cnn_train(), "model=lenet5", f"dataset.root={root}", "optimizer=sgd",
+                                  "scheduler=none", f"trainer.device={args.device}", "trainer.precision=32",
+                                  f"trainer.epochs={args.epochs}", "trainer.batch_size=128",
+                                  f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=1",
+                                  "trainer.progress=false", f"hydra.run.dir={run_dir}", *args.overrides])
+                result["img_per_s"] = steady_img_per_s(run_dir)
+            else:
+                result = measure([sys.executable, __file__, "--role", role, "--root", root, "--device", args.device,
+                                  "--epochs", str(args.epochs), "--batches", str(args.batches)])
+            rounds[key].append(result)
+    results = {key: {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+               for key, runs in rounds.items()}
     floor = measure([sys.executable, "-c", "import torch, torch._dynamo; print('training:')"])["first_step_s"]
 
     names = {"a": "(a) cnn-train", "b": "(b) plain loop, tensors", "c": "(c) examples/mnist DataLoader"}
-    print(f"\non {args.device}{'':{28 - len(args.device)}}{'img/s':>9}{'peak RSS MB':>13}{'first step s':>14}")
+    print(f"\non {args.device}, medians of {args.repeats} interleaved rounds, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'':32}{'img/s':>9}{'peak RSS MB':>13}{'first step s':>14}")
     for key, r in results.items():
         print(f"{names[key]:32}{r['img_per_s']:9.0f}{r['rss_mb']:13.0f}{r['first_step_s']:14.1f}")
     if {"a", "b"} <= results.keys():
@@ -157,7 +171,6 @@ def main() -> None:
     if {"a", "c"} <= results.keys():
         print(f"a/c throughput {results['a']['img_per_s'] / results['c']['img_per_s']:.3f}")
     print(f"start-up floor (import torch, torch._dynamo) {floor:.1f} s")
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from cnn_cli import augment as augment_mod, bounds, imagefolder
+from cnn_cli import augment as augment_mod, bounds, idx, imagefolder
 from cnn_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -96,8 +96,9 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     def split(images: Tensor, labels: Tensor) -> Split:
         return Split(images.to(device), labels.to(device))
 
-    return Data(split(train_x[train_idx], train_y[train_idx]), split(train_x[val_idx], train_y[val_idx]),
-                split(test_x, test_y), name, mean, std)
+    # val_size=0: train_idx is 0, 1, ..., N - 1, so the whole set as it is, without a copy
+    train = split(train_x, train_y) if not val_size else split(train_x[train_idx], train_y[train_idx])
+    return Data(train, split(train_x[val_idx], train_y[val_idx]), split(test_x, test_y), name, mean, std)
 
 
 # Pixels drawn uniformly from 0..255 scale to [0, 1], whose mean is 1/2 and std 1/sqrt(12).
@@ -202,7 +203,6 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if cfg.source not in SOURCES:
         raise UserError(f"dataset.source '{cfg.source}' is not one of "
                         f"{', '.join([*SOURCES, *BUNDLED, RANDOM, IMAGEFOLDER])}")
-    cls = _source(cfg.source)
     if not cfg.root:
         raise UserError(f"dataset.root is empty; give the folder that holds (or will hold) {cfg.source}/, e.g. "
                         "dataset.root=data")
@@ -210,6 +210,11 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     if root.exists() and not root.is_dir():
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds "
                         f"{cfg.source}/")
+    if cfg.source in idx.SOURCES:  # files already there: read without torchvision
+        read = idx.read_splits(root / cfg.source / "raw")
+        if read is not None:
+            return (*read, cfg.name)
+    cls = _source(cfg.source)
     try:
         train, test = _open(cls, root, cfg.download)
     except _Missing as missing:
@@ -380,8 +385,10 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
     shape = (1, -1) + (1,) * (images.dim() - 2)  # broadcast over the batch and every spatial axis
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
-    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-    return (x - mean).div_(std)
+    scale = 1 / (std * 255) if images.dtype == torch.uint8 else 1 / std
+    # x * scale - mean / std, in place on the converted batch: two passes instead of three, no
+    # second batch-sized tensor (measured twice as fast as addcmul's broadcast on the CPU)
+    return images.to(torch.float32, copy=True).mul_(scale).sub_(mean / std)  # copy: a float split stays as it is
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
 from typing import Any
 
 import torch
@@ -117,8 +118,45 @@ def _check_monitor(scheduler: DictConfig) -> None:
 
 
 def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
+    """The configured optimizer. foreach=null (PyTorch's default) means foreach kernels here
+    on every device, not only on CUDA: one call for all parameters instead of one each. Its
+    step skips torch.optim's torch._dynamo wrappers (`_without_dynamo`)."""
     options = OmegaConf.to_container(cfg, resolve=True)
-    return _construct("optimizer", OPTIMIZERS, options, params)
+    if "foreach" in options and options["foreach"] is None:
+        options["foreach"] = True
+    _skip_dynamo_disable()
+    return _without_dynamo(_construct("optimizer", OPTIMIZERS, options, params))
+
+
+# torch.optim's Optimizer wraps add_param_group, zero_grad, state_dict and load_state_dict in
+# torch._disable_dynamo, and every step in a function that calls torch._dynamo.graph_break().
+# Both keep torch.compile from tracing the optimizer, and both import torch._dynamo on first
+# use: a second or more of start-up, several on a busy machine (README, Performance). This
+# trainer compiles only the model, never the optimizer, so neither wrapper does anything here.
+_DISABLE_CACHE = "__dynamo_disable"  # where torch._disable_dynamo keeps the function it made
+
+
+def _skip_dynamo_disable() -> None:
+    """Tell each of Optimizer's torch._disable_dynamo wrappers that its function needs no
+    wrapping. Harmless if a later PyTorch keeps it elsewhere: torch._dynamo is then imported."""
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        function = getattr(torch.optim.Optimizer, name).__wrapped__
+        setattr(function, _DISABLE_CACHE, function)
+
+
+def _without_dynamo(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer, its step the class's own step function under no_grad, as torch.optim
+    runs it, without the graph-break wrapper (nor step hooks, which nothing here sets)."""
+    if optimizer.defaults.get("differentiable"):
+        return optimizer
+    step = inspect.unwrap(type(optimizer).step)
+
+    def lean_step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
+        with torch.no_grad():
+            return step(self, closure)
+
+    optimizer.step = types.MethodType(lean_step, optimizer)  # a bound method, as LRScheduler expects to wrap
+    return optimizer
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 from dataclasses import dataclass, field, fields, make_dataclass
 from importlib import resources
 from typing import Any, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig
 
 from cnn_cli import bounds, data, optim
 from cnn_cli.builder import check_norm
@@ -37,12 +38,15 @@ class TrainerSchema:
     channels_last: bool = MISSING
     compile: bool = MISSING
     deterministic: bool = MISSING
-    num_threads: Optional[int] = MISSING
+    num_threads: Any = MISSING  # auto | N | null
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
+    log_graph: bool = MISSING
+    log_images: bool = MISSING
+    checkpoints: bool = MISSING
     sync_bn: bool = MISSING
     freeze: Any = None  # layer names, or 'up to NAME' (cnn_cli/transfer.py)
     pretrained_lr_scale: float = 1.0
@@ -172,13 +176,20 @@ def register() -> None:
     cs.store(group="schema", name="dataset", node=DatasetSchema)
     for group, classes, extra in (("optimizer", optim.OPTIMIZERS, lambda cls: []),
                                   ("scheduler", optim.SCHEDULERS, _scheduler_keys)):
-        shipped = {OmegaConf.load(f).get("name") for f in resources.files("cnn_cli.configs").joinpath(group).iterdir()
+        shipped = {_class_named(f.read_text()) for f in resources.files("cnn_cli.configs").joinpath(group).iterdir()
                    if f.name.endswith(".yaml")}
         for name, cls in classes.items():  # every torch.optim class, for configs of your own too
             node = signature_schema(cls, extra(cls))
             cs.store(group=f"schema/{group}", name=name, node=node)
             if name not in shipped:  # optimizer=radam, scheduler=exponentiallr: the schema, PyTorch's defaults
                 cs.store(group=group, name=name.lower(), node={"defaults": [f"/schema/{group}/{name}@_here_"]})
+
+
+def _class_named(text: str) -> str | None:
+    """A shipped optimizer or scheduler file's top-level `name:`, found without parsing the YAML
+    (which, for every file at every start, costs more than the rest of registering)."""
+    found = re.search(r"^name:\s*(\w+)", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _scheduler_keys(cls: type) -> list[tuple[str, Any, Any]]:
@@ -199,9 +210,13 @@ def check(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps"):
         _at_least(f"trainer.{key}", trainer[key], 1)
-    for key in ("limit_train_batches", "limit_val_batches", "num_threads"):
+    for key in ("limit_train_batches", "limit_val_batches"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
+    threads = trainer.num_threads
+    if not (threads in (None, "auto") or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+        raise UserError(f"trainer.num_threads={threads}: choose auto (fit the free cores), a count >= 1, or null "
+                        "(PyTorch's choice)")
     if not (isinstance(trainer.progress, bool) or trainer.progress == "auto"):
         raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:

@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import shlex
 import signal
 import sys
@@ -107,6 +108,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
     frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
+    best_weights: dict[str, torch.Tensor] | None = None  # trainer.checkpoints=false: best.pt's weights, in memory
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
         """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
@@ -129,8 +131,21 @@ class Run:
         self.resumed = True
 
     def save(self, name: str, finished: bool = False) -> None:
-        if self.rank.main:  # the other processes hold the same state
+        if not self.cfg.trainer.get("checkpoints", True):  # the best weights are still what the test set tests
+            if name == "best.pt":
+                self.best_weights = {key: value.clone() for key, value in self.model.state_dict().items()}
+        elif self.rank.main:  # the other processes hold the same state
             checkpoint.save(self.state_dict(finished), self.ckpt_dir / name)
+
+    def best(self) -> nn.Module:
+        """The model with best.pt's weights (the run's model keeps its last weights for last.pt;
+        with no checkpoints there is no last.pt, and the model itself takes the best weights)."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+            return self.model
+        best = copy.deepcopy(self.model)
+        best.load_state_dict(checkpoint.load(self.ckpt_dir / "best.pt")["model"])
+        return best
 
     @property
     def ckpt_dir(self) -> Path:
@@ -172,8 +187,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         device = torch.device("cuda", rank.local)  # one GPU per process
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
-    if trainer.num_threads:
-        torch.set_num_threads(trainer.num_threads)
+    log.info("threads: %s", runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(cfg.seed)
 
     distributed.start(rank, device)
@@ -274,7 +288,8 @@ def train(run: Run) -> float:
         if rank.main else _NoWriter()
     try:
         if not run.resumed:
-            _log_graph(writer, run.model, run.data)
+            if trainer.get("log_graph", True):
+                _log_graph(writer, run.model, run.data)
             writer.add_custom_scalars(tb.CHARTS)
             if rank.main:
                 tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
@@ -293,7 +308,10 @@ def train(run: Run) -> float:
                     end_epoch(run, writer)
                 if stopped:
                     run.save("last.pt")
-                    if rank.main:
+                    if rank.main and not trainer.get("checkpoints", True):
+                        log.warning("stopped at epoch %d, step %d; nothing saved (trainer.checkpoints=false)",
+                                    progress.epoch + 1, progress.step)
+                    elif rank.main:
                         log.warning("stopped at epoch %d, step %d; saved %s. Continue with:\n  cnn-train resume=%s",
                                     progress.epoch + 1, progress.step, run.ckpt_dir / "last.pt",
                                     shlex.quote(str(run.run_dir)))
@@ -431,7 +449,8 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)
-    tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
+    if trainer.get("log_images", True):
+        tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
     if trainer.log_histograms:
         tb.write_histograms(writer, run.model, progress.step)
     log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | lr %.3g | %.0f img/s, %.1f s", epoch + 1, trainer.epochs,
@@ -456,18 +475,18 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     elif rank.world > 1:
         log.info("all %d processes hold identical weights", rank.world)
     distributed.barrier()  # rank 0 has written best.pt
-    best = copy.deepcopy(run.model)  # the model keeps its last weights for last.pt
-    best.load_state_dict(checkpoint.load(run.ckpt_dir / "best.pt")["model"])
+    best = run.best()
     shard = data_mod.shard(data.test, rank.index, rank.world)
     test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, None, run.amp, run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
-    if rank.main:
+    if rank.main and cfg.trainer.get("log_images", True):
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
         two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
         tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
+    if rank.main:
         tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
         report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
                   "dataset": data.name, "model": run.record["model"]["name"],
@@ -481,9 +500,10 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
         f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"
-    log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (best.pt, %d test samples, %s)\n"
+    tested = "best.pt" if run.best_weights is None else "best weights, trainer.checkpoints=false"
+    log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (%s, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
-             rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
+             rule, best_text, test.accuracy, tested, len(data.test), data.name, run_dir, run_dir, rule)
     return progress.best_acc if validated else math.nan
 
 

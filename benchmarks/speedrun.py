@@ -1,0 +1,82 @@
+"""Time to accuracy on MNIST: `cnn-train experiment=mnist_speedrun` against the same recipe
+as one hand-written PyTorch script (benchmarks/mnist_plain.py), each a whole process timed
+from launch to its printed test accuracy, taking turns (A B B A A B ...) so that a shared
+machine's changing load, and a trend in it, falls on both alike.
+
+    python benchmarks/speedrun.py --root ../shared/data [--rounds 5] [--seed 0] [--steps 937]
+                                  [-- cnn-train overrides]
+
+Prints each run, then the medians, the ratio cnn-train / script, and the load average
+(uptime's 1-minute figure) before and after. The script runs one thread, as written for
+speed; cnn-train chooses its own (trainer.num_threads=auto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import cnn_train
+
+ACCURACY = re.compile(r"test acc\s+([0-9.]+)")
+
+
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """Seconds from launch to the printed test accuracy, to the process's exit, and the accuracy."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    printed, accuracy, lines = None, None, []
+    for line in proc.stdout:
+        lines.append(line)
+        found = ACCURACY.search(line)
+        if found and printed is None:
+            printed, accuracy = time.perf_counter() - started, float(found.group(1))
+    if proc.wait() != 0 or printed is None:
+        sys.exit("".join(lines[-20:]) + f"\n{' '.join(command)} failed ({proc.returncode})")
+    return printed, time.perf_counter() - started, accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
+    parser.add_argument("--rounds", type=int, default=5, help="A B pairs; medians over them")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=937, help="training steps (the recipe's one epoch)")
+    parser.add_argument("overrides", nargs="*", help="extra cnn-train overrides")
+    args = parser.parse_args()
+    root = str(Path(args.root).resolve())
+    script = [sys.executable, str(Path(__file__).with_name("mnist_plain.py")), "--root", root,
+              "--seed", str(args.seed), "--steps", str(args.steps)]
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[tuple[float, float, float]]] = {"cnn-train": [], "script": []}
+    with tempfile.TemporaryDirectory(prefix="cnn-speedrun-") as tmp:
+        for r in range(args.rounds):
+            cnn = [cnn_train(), "experiment=mnist_speedrun", f"dataset.root={root}", f"seed={args.seed}",
+                   f"trainer.limit_train_batches={args.steps}", "trainer.progress=false",
+                   f"hydra.run.dir={Path(tmp) / str(r)}", *args.overrides]
+            pair = [("cnn-train", cnn), ("script", script)]
+            for name, command in pair if r % 2 == 0 else pair[::-1]:  # A B B A ...: a trend in the load evens out
+                runs[name].append(timed(command))
+                printed, exited, accuracy = runs[name][-1]
+                print(f"round {r + 1} {name:9} accuracy printed {printed:6.2f} s, exit {exited:6.2f} s, test acc "
+                      f"{accuracy:.4f}, load {os.getloadavg()[0]:.2f}", flush=True)
+    medians = {name: [statistics.median(run[i] for run in results) for i in range(3)]
+               for name, results in runs.items()}
+    print(f"\nmedians of {args.rounds} interleaved rounds, load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
+    for name, (printed, exited, accuracy) in medians.items():
+        print(f"{name:9}  to accuracy {printed:6.2f} s   to exit {exited:6.2f} s   test acc {accuracy:.4f}")
+    ratio = medians["cnn-train"][0] / medians["script"][0]
+    print(f"ratio cnn-train / script, to accuracy: {ratio:.3f}   to exit: "
+          f"{medians['cnn-train'][1] / medians['script'][1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

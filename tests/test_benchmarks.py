@@ -1,0 +1,56 @@
+"""Every benchmark in benchmarks/ runs to its end with tiny arguments, so none breaks unseen
+between the rare times someone measures with it. Each is started as a user starts it, on
+MNIST files of a few hundred digits that the test writes (torchvision's layout)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ONE_THREAD, NO_GPU, user_env, write_idx
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+# each benchmark's tiny arguments; {root} is the folder holding MNIST/raw, {tmp} a fresh folder
+TINY_ARGS = {
+    "data_pipeline.py": ["dataset=mnist", "dataset.root={root}", "dataset.val_size=100", "trainer.batch_size=8"],
+    "imagefolder.py": ["--images", "40", "--tree", "{tmp}/tree", "--epochs", "2"],
+    "inference.py": ["--repeats", "3", "--threads", "1"],
+    "mnist_plain.py": ["--root", "{root}", "--steps", "2"],
+    "memory_format.py": ["--steps", "1", "--batch-size", "2", "--repeats", "1"],
+    "scaling.py": ["--root", "{root}", "--sizes", "300", "--total", "6000", "--epochs", "2", "--memory-epochs", "2"],
+    "speedrun.py": ["--root", "{root}", "--rounds", "1", "--steps", "2"],
+    "speed.py": ["--root", "{root}", "--epochs", "2", "--batches", "2", "--repeats", "2"],
+    "throughput.py": ["--epochs", "2", "--batches", "2", "--batch-size", "4", "--models", "resnet20",
+                      "--precisions", "32"],
+    "gpu.sh": [],  # with QUICK=1 DEVICE=cpu ROOT={root} below
+}
+GPU_SH_ENV = {"QUICK": "1", "DEVICE": "cpu", "ROOT": "{root}"}
+
+
+def test_every_benchmark_has_tiny_arguments():
+    """A new benchmark must join the smoke test below."""
+    shipped = {p.name for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh") and p.name != "common.py"}
+    assert shipped == set(TINY_ARGS)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(TINY_ARGS))
+def test_benchmark_runs(name: str, tmp_path: Path):
+    root = tmp_path / "data"
+    write_idx(root / "MNIST" / "raw", n_train=6000, n_test=100)  # 5,000 of them: the default val_size
+    fill = lambda text: text.format(root=root, tmp=tmp_path)  # noqa: E731
+    args = [fill(arg) for arg in TINY_ARGS[name]]
+    env = {**ONE_THREAD, **NO_GPU, "PYTHON": sys.executable}
+    if name.endswith(".sh"):
+        command = ["bash", str(BENCHMARKS / name)]
+        env.update({key: fill(value) for key, value in GPU_SH_ENV.items()})
+    else:
+        command = [sys.executable, str(BENCHMARKS / name), *args]
+    proc = subprocess.run(command, cwd=tmp_path, env=user_env(env), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,0 +1,137 @@
+"""What makes cnn-train as fast as a hand-written loop changes no result: the optimizer's
+lean step, the IDX reader, the speedrun recipe as a config."""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from cnn_cli import data, idx, optim, runtime
+from cnn_cli.builder import build_from_config
+from cnn_cli.cli import register
+from cnn_cli.evaluate import evaluate
+from helpers import write_idx
+
+register()
+
+
+@pytest.mark.parametrize("name, extra", [("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+                                         ("AdamW", {}), ("RMSprop", {"momentum": 0.5})])
+def test_the_lean_step_updates_exactly_as_torch_optim_does(name: str, extra: dict) -> None:
+    torch.manual_seed(0)
+    ours, theirs = (torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    built = optim.build_optimizer(OmegaConf.create({"name": name, "lr": 0.05, "foreach": None, **extra}),
+                                  ours.parameters())
+    plain = getattr(torch.optim, name)(theirs.parameters(), lr=0.05, foreach=True, **extra)
+    assert built.defaults["foreach"] is True  # foreach=null: one kernel call for all parameters, on any device
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=4) for o in (built, plain)]
+    for step in range(4):
+        x = torch.randn(8, 5)
+        for model, optimizer, schedule in zip((ours, theirs), (built, plain), schedules):
+            optimizer.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            optimizer.step()
+            with warnings.catch_warnings():  # the schedule sees the step: no "lr_scheduler.step() before ..."
+                warnings.simplefilter("error")
+                schedule.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_the_idx_reader_reads_what_torchvision_reads(tmp_path) -> None:
+    from torchvision.datasets import MNIST
+
+    folder = write_idx(tmp_path / "MNIST" / "raw", n_train=30, n_test=20)
+    train_x, train_y, test_x, test_y = idx.read_splits(folder)
+    for train, images, labels in ((True, train_x, train_y), (False, test_x, test_y)):
+        theirs = MNIST(str(tmp_path), train=train, download=False)
+        assert torch.equal(images, theirs.data.unsqueeze(1)) and torch.equal(labels, theirs.targets)
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "labels_for_images", "fewer_labels", "not_bytes"])
+def test_an_odd_idx_file_is_left_to_torchvision(damage: str, tmp_path) -> None:
+    """None, so that torchvision's reader names the problem (tests/test_bad_input.py)."""
+    folder = write_idx(tmp_path, n_train=30, n_test=20)
+    images, labels = folder / "train-images-idx3-ubyte", folder / "train-labels-idx1-ubyte"
+    if damage == "missing":
+        images.unlink()
+    elif damage == "truncated":
+        images.write_bytes(images.read_bytes()[:-5])
+    elif damage == "labels_for_images":
+        images.write_bytes(labels.read_bytes())
+    elif damage == "fewer_labels":
+        labels.write_bytes(struct.pack(">II", 0x801, 29) + bytes(29))
+    else:  # int32 values (type code 0x0C)
+        images.write_bytes(struct.pack(">BBBBI", 0, 0, 0x0C, 1, 2) + bytes(8))
+    assert idx.read_splits(folder) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_normalize_is_the_formula_and_leaves_the_split_as_it_was(dtype: torch.dtype) -> None:
+    """uint8 pixels: (x / 255 - mean) / std; float readings: (x - mean) / std. The split's
+    own tensor is never changed in place (a float batch of a whole split is the split)."""
+    samples = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8).to(dtype)
+    kept = samples.clone()
+    mean, std = [0.1, 0.5, 2.0], [0.3, 0.2, 4.0]
+    scaled = samples.double() / 255 if dtype == torch.uint8 else samples.double()
+    expected = (scaled - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / \
+        torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    out = data.normalize(samples, mean, std)
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-5)
+    assert torch.equal(samples, kept)
+
+
+def composed(*overrides: str):
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_the_speedrun_experiment_is_the_recipe() -> None:
+    cfg = composed("experiment=mnist_speedrun")
+    model = build_from_config(cfg).model
+    assert sum(p.numel() for p in model.parameters()) == 25_154
+    assert [type(m).__name__ for m in model][:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert (cfg.dataset.val_size, cfg.optimizer.name, cfg.optimizer.lr, cfg.scheduler.name) == (0, "SGD", 0.2,
+                                                                                                "OneCycleLR")
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.label_smoothing) == (64, 1, 0.1)
+    assert not (cfg.trainer.log_graph or cfg.trainer.log_images or cfg.trainer.checkpoints)
+
+
+def test_a_run_without_graph_images_or_checkpoints_still_tests_its_best_weights(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cnn_cli import train
+
+    cfg = composed("dataset=mnist_sample", "trainer.epochs=2", "trainer.limit_train_batches=3",
+                   "trainer.limit_val_batches=1", "trainer.progress=false", "trainer.device=cpu",
+                   "trainer.log_graph=false", "trainer.log_images=false", "trainer.checkpoints=false")
+    run = train.prepare(cfg, tmp_path / "run", [])
+    train.train(run)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    best = build_from_config(cfg).model
+    best.load_state_dict(run.best_weights)
+    test = evaluate(best, run.data, run.data.test, 256, None, run.amp, run.memory_format)
+    assert metrics["test_acc"] == test.accuracy and metrics["best_epoch"] in (1, 2)
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    tags = events.Tags()
+    assert "train/loss" in tags["scalars"] and not tags["images"] and not tags["graph"]
+
+
+def test_a_kernel_with_one_input_channel_gets_channels_last_strides() -> None:
+    """Its NCHW strides also pass as channels-last, but PyTorch reads them as NCHW and runs the
+    conv so, 1.6x slower on MNIST: the weights must be laid out as channels-last proper."""
+    model = runtime.to_memory_format(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 4, 3)),
+                                     torch.channels_last)
+    for conv in model:
+        expected = torch.empty_like(conv.weight, memory_format=torch.channels_last).stride()
+        assert conv.weight.stride() == expected
+    assert model[0].weight.stride() == (9, 1, 3, 1)
