@@ -108,12 +108,12 @@ def resolve(path: str | Path, key: str, prefer: tuple[str, ...] = ("last.pt",)) 
         found = [p / "checkpoints" / name for name in prefer if (p / "checkpoints" / name).is_file()]
         if not found:
             raise UserError(f"{key}={path}: no checkpoint there (no {' or '.join(prefer)} in {p / 'checkpoints'}); "
-                            "give a run folder (outputs/DATE/TIME) or a .pt file such as "
-                            f"outputs/DATE/TIME/checkpoints/{prefer[0]}")
+                            "give a run folder (outputs/NAME/DATE_TIME) or a .pt file such as "
+                            f"outputs/NAME/DATE_TIME/checkpoints/{prefer[0]}")
         p = found[0]
     if not p.is_file():
-        raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/DATE/TIME) "
-                        f"or a .pt file such as outputs/DATE/TIME/checkpoints/{prefer[0]}")
+        raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/NAME/DATE_TIME) "
+                        f"or a .pt file such as outputs/NAME/DATE_TIME/checkpoints/{prefer[0]}")
     return p
 
 

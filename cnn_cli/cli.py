@@ -65,7 +65,7 @@ def _layer_names() -> str:
 
 
 _RESOLVERS = {"cnn_run_dir": _run_dir, "cnn_hydra_subdir": _hydra_subdir, "cnn_log_file": _log_file,
-             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder}
+             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder, "cnn_run_name": rundir.run_name}
 
 
 def register() -> None:
@@ -175,7 +175,7 @@ def _discard_attempt(run_dir: Path, record: str | None) -> None:
         shutil.rmtree(run_dir / record, ignore_errors=True)
     elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in run_dir.parents:  # outputs/DATE/, if this run made it
+        for parent in run_dir.parents:  # outputs/NAME/, if this run made it
             if parent == Path.cwd() or any(parent.iterdir()):
                 break
             parent.rmdir()
@@ -193,7 +193,7 @@ def _eval(cfg: DictConfig) -> None:
 
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt (or a run "
+        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt (or a run "
                         "folder)")
     report = run_eval(cfg)
     print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
@@ -210,7 +210,7 @@ def _predict(cfg: DictConfig) -> None:
     from cnn_cli.predict import run_predict
 
     if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
-        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/DATE/TIME/checkpoints/best.pt "
+        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt "
                         "inputs=[photo.png,pictures/]")
     if run_predict(cfg):  # some files were unreadable: listed, skipped
         sys.exit(1)
@@ -227,7 +227,7 @@ def _export(cfg: DictConfig) -> None:
     from cnn_cli.export import describe, run_export
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/DATE/TIME/checkpoints/best.pt format=onnx")
+        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt format=onnx")
     print(describe(run_export(cfg)))
 
 

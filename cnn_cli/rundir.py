@@ -1,7 +1,8 @@
 """A run folder has one owner.
 
-A new run gets a folder nobody else has (created with mkdir, which fails if it exists, so
-two runs started in the same second get DATE/TIME and DATE/TIME-1); a folder that already
+A new run gets a folder named by what it is and when, outputs/NAME/DATE_TIME, that nobody
+else has (created with mkdir, which fails if it exists, so two runs started in the same
+second get NAME/DATE_TIME and NAME/DATE_TIME-1); a folder that already
 holds a run is refused; and a process that trains in a folder holds a lock on it for its
 whole life, released by the operating system however the process ends, so a second
 trainer (or a resume while one still runs) is refused while a killed run's folder resumes.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,19 @@ _held: dict[Path, int] = {}  # folders this process owns -> the open descriptor 
 # the single run this process started: its folder and Hydra's record in it, so that an attempt
 # Hydra itself fails (a full disk while it writes the record) is removed like any bad input
 attempt: tuple[Path, str | None] | None = None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")  # anything else, "/" first, becomes "-"
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """`text` as one folder name: no "/", no "..", no spaces or shell characters, at most `limit` long."""
+    return _UNSAFE.sub("-", str(text))[:limit].strip("-_.")
+
+
+def run_name(name: str) -> str:
+    """The run folder's first part (`name`: the experiment's, else MODEL_DATASET), safe as one folder name."""
+    return safe_name(name) or "run"
 
 
 def resumed_run(resume: str | None) -> Path | None:

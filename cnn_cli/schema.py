@@ -84,6 +84,7 @@ class TrainSchema:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: Any = MISSING
+    name: str = MISSING
     seed: int = MISSING
     resume: Optional[str] = MISSING
     init_from: Optional[str] = MISSING

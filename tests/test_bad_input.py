@@ -354,7 +354,7 @@ CASES: dict[str, Case] = {
         expect=("init_from=run/checkpoints/best.pt", "model 'lenet5'", "do not fit", "missing bn1.",
                 "same architecture")),
     "eval_without_a_checkpoint": Case(
-        "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")),
+        "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt")),
     "eval_random_bytes": Case(
         "cnn-eval", ("checkpoint=random.pt",),
         ("checkpoint=random.pt", "random.pt is not a readable checkpoint", "not a cnn-cli checkpoint"), _random_bytes,
@@ -494,7 +494,7 @@ def snapshot(root: Path) -> dict[str, object]:
     """Every path under root: folders by name, files by size and modification time.
 
     Folder modification times are left out: a cnn-train attempt stopped by bad input creates
-    its run folder (outputs/DATE/TIME/) and removes it again, which touches the parent's
+    its run folder (outputs/NAME/DATE_TIME/) and removes it again, which touches the parent's
     time but leaves nothing behind; what is left behind is what this compares."""
     tree: dict[str, object] = {}
     for dirpath, dirnames, filenames in os.walk(root):

@@ -47,7 +47,7 @@ def test_train_help_lists_the_options_of_each_group(help_text: dict[str, str]) -
         shipped = {p.stem for p in (CONFIGS / group).glob("*.yaml")}
         assert shipped <= set(line.removeprefix(f"{group}: ").split(", ")), line
     assert "radam" in text and "exponentiallr" in text
-    assert "resume=outputs/DATE/TIME" in text and "--cfg job" in text
+    assert "resume=outputs/NAME/DATE_TIME" in text and "--cfg job" in text
     assert "\ntrainer:\n  epochs: 3\n" in text  # the config it would run
 
 
