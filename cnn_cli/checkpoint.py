@@ -143,15 +143,19 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
             raise UserError(f"{key}={path}: {p} is not a complete cnn-cli checkpoint ('{entry}' is "
                             f"{'missing' if entry not in state else type(state[entry]).__name__}); it was damaged "
                             "or written by another program")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
-        raise UserError(f"{key}={path}: {p}: its 'model' is not a state dict of tensors; it was damaged or written "
-                        "by another program")
+    for entry in ("model", "ema"):
+        weights = state.get(entry, {})
+        if not (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in weights.items())):
+            raise UserError(f"{key}={path}: {p}: its '{entry}' is not a state dict of tensors; it was damaged or "
+                            "written by another program")
     return state
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str) -> None:
-    """Load a checkpoint's weights, naming every key that does not fit."""
-    weights = state["model"]
+def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str, averaged: bool = True) -> None:
+    """Load a checkpoint's weights, naming every key that does not fit: the moving average's
+    (trainer.ema_decay) where the run kept one, unless `averaged` is False (a resume)."""
+    weights = state["ema"] if averaged and "ema" in state else state["model"]
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

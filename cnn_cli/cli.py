@@ -210,8 +210,8 @@ def _predict(cfg: DictConfig) -> None:
     from cnn_cli.predict import run_predict
 
     if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
-        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt "
-                        "inputs=[photo.png,pictures/]")
+        raise UserError("give a checkpoint and inputs: cnn-predict "
+                        "checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt inputs=[photo.png,pictures/]")
     if run_predict(cfg):  # some files were unreadable: listed, skipped
         sys.exit(1)
 
@@ -227,7 +227,8 @@ def _export(cfg: DictConfig) -> None:
     from cnn_cli.export import describe, run_export
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt format=onnx")
+        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt "
+                        "format=onnx")
     print(describe(run_export(cfg)))
 
 

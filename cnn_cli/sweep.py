@@ -35,10 +35,11 @@ _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # 0.1, .5
 def job_folder(num: int, task: Any, sweep_dir: str, params: Any) -> str:
     """A sweep job's folder: its number, then the values it was given of the keys the sweep
     varies (Hydra's ${hydra.job.num}_${hydra.job.override_dirname}, without the settings every
-    job shares, keys by their last part), so TensorBoard's run names say what each job was:
-    3_lr=0.1_model=lenet5_bn (floats to 4 significant digits). The varied keys are the sweeper's params (an experiment's or an
-    Optuna search's) and the command line's a,b / range() / choice() overrides, read from the
-    multirun.yaml the basic sweeper writes before any job starts, whichever process runs it."""
+    job shares, keys by their last part, floats to 4 significant digits), so TensorBoard's run
+    names say what each job was: 3_lr=0.1_model=lenet5_bn. The varied keys are the sweeper's
+    params (an experiment's or an Optuna search's) and the command line's a,b / range() /
+    choice() overrides, read from the multirun.yaml the basic sweeper writes before any job
+    starts, whichever process runs it."""
     varied = {str(key) for key in params or {}} | _swept_on_command_line(Path(sweep_dir) / "multirun.yaml")
     parts = []
     for override in map(str, task or []):

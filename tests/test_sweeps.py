@@ -21,7 +21,7 @@ def hparams_of(run: Path) -> dict:
     events = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     assert events.PluginTagToContent("hparams"), f"no hparams in {run}"
-    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hparam/")}
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("result/")}
 
 
 def job(sweep: Path, num: int) -> Path:
@@ -82,8 +82,8 @@ def test_joblib_runs_two_jobs_each_with_hparams(tmp_path: Path) -> None:
         assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] == lr
         metrics = json.loads((run / "metrics.json").read_text())
         hparams = hparams_of(run)  # the HParams tab compares the jobs on these
-        assert hparams["hparam/test_acc"] == pytest.approx(metrics["test_acc"])
-        assert hparams["hparam/best_val_acc"] == pytest.approx(metrics["best_val_acc"])
+        assert hparams["result/test_acc"] == pytest.approx(metrics["test_acc"])
+        assert hparams["result/best_val_acc"] == pytest.approx(metrics["best_val_acc"])
         assert f"optimizer.lr={lr}" in rows[str(num)]
 
 
