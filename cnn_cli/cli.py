@@ -161,7 +161,11 @@ def _train(cfg: DictConfig) -> float:
             if single and _WRITES:  # a sweep keeps each failed job's record
                 _discard_attempt(run_dir, hydra_cfg.output_subdir)
             raise
-        return train.train(run)
+        result = train.train(run)
+        if not run.cfg.trainer.keep_run_folder and _WRITES:
+            rundir.remove_run(run_dir)
+            log.info("trainer.keep_run_folder=false: removed %s", run_dir)
+        return result
     finally:
         rundir.release(run_dir)  # the next job of a sweep may run in this process
 
@@ -175,10 +179,7 @@ def _discard_attempt(run_dir: Path, record: str | None) -> None:
         shutil.rmtree(run_dir / record, ignore_errors=True)
     elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in run_dir.parents:  # outputs/NAME/, if this run made it
-            if parent == Path.cwd() or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        rundir.remove_empty(run_dir.parent)  # outputs/NAME/, if this run made it
 
 
 def train() -> None:

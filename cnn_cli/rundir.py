@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ except ImportError:  # Windows: no advisory locks; the folder checks still hold
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # the owner's PID, for the message; the lock itself is on the folder
-RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb")  # what makes a folder a run's
+RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb", "profile")  # what makes a folder a run's
 _held: dict[Path, int] = {}  # folders this process owns -> the open descriptor holding the lock
 # the single run this process started: its folder and Hydra's record in it, so that an attempt
 # Hydra itself fails (a full disk while it writes the record) is removed like any bad input
@@ -99,6 +100,29 @@ def release(folder: Path) -> None:
     if fd is not None:
         (folder / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)
+
+
+def remove_run(folder: Path) -> None:
+    """trainer.keep_run_folder=false (debug=fast): remove what the run wrote, and the folder
+    and its parents up to the working folder where that leaves them empty; anything else a
+    user keeps there stays."""
+    folder = Path(os.path.abspath(folder))
+    release(folder)
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()
+    remove_empty(folder)
+
+
+def remove_empty(folder: Path) -> None:
+    """Remove `folder` and then its parents while they are empty, stopping at the working folder."""
+    for path in (folder, *folder.parents):
+        if path == Path.cwd() or not path.is_dir() or any(path.iterdir()):
+            break
+        path.rmdir()
 
 
 def _owner(folder: Path) -> str:

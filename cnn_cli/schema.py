@@ -48,6 +48,7 @@ class TrainerSchema:
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
+    limit_test_batches: Optional[int] = MISSING
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     pictures_every_n_epochs: Optional[int] = MISSING
@@ -55,6 +56,9 @@ class TrainerSchema:
     accumulate_grad_batches: int = MISSING
     ema_decay: Optional[float] = MISSING
     early_stopping: EarlyStoppingSchema = field(default_factory=lambda: EarlyStoppingSchema())
+    overfit_batches: Optional[int] = MISSING
+    profile_steps: Optional[int] = MISSING
+    keep_run_folder: bool = MISSING
 
 
 @dataclass
@@ -198,7 +202,8 @@ def check(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps", "accumulate_grad_batches"):
         _at_least(f"trainer.{key}", trainer[key], 1)
-    for key in ("limit_train_batches", "limit_val_batches", "num_threads", "pictures_every_n_epochs"):
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "num_threads",
+                "pictures_every_n_epochs", "overfit_batches", "profile_steps"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
     if not (isinstance(trainer.progress, bool) or trainer.progress == "auto"):

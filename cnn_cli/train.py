@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import checkpoint, data as data_mod, distributed, optim, runtime, schema, stopping, tb
+from cnn_cli import checkpoint, data as data_mod, debugging, distributed, optim, runtime, schema, stopping, tb
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
@@ -183,8 +183,9 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         checkpoint.load_weights(model, init, f"init_from={cfg.init_from}")
     data = _data(cfg, device, rank)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
-    if trainer.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
+    for limit in (trainer.limit_train_batches, trainer.overfit_batches):
+        if limit:
+            steps_per_epoch = min(steps_per_epoch, limit)
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     optimizer_steps = -(-steps_per_epoch // trainer.accumulate_grad_batches)  # per epoch
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, optimizer_steps, trainer.epochs)
@@ -262,9 +263,10 @@ def train(run: Run) -> float:
                  f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
                  f", {accumulate} batches a step" * (accumulate > 1), run.precision)
         run.model.train()
-        with StopRequest() as stop:
+        profile = debugging.profiled(trainer.profile_steps if rank.main else None, run.run_dir / "profile", run.device)
+        with StopRequest() as stop, profile as profile_step:
             while _going_on(run):
-                stopped = train_one_epoch(run, writer, stop)
+                stopped = train_one_epoch(run, writer, stop, profile_step)
                 if progress.batch >= run.steps_per_epoch:  # the epoch is complete
                     end_epoch(run, writer)
                 if stopped:
@@ -293,7 +295,7 @@ def train(run: Run) -> float:
 def _going_on(run: Run) -> bool:
     """Epochs remain, and early stopping (if on) has not said stop."""
     trainer, progress = run.cfg.trainer, run.progress
-    return (progress.epoch < trainer.epochs
+    return (progress.epoch < trainer.epochs and not debugging.overfitted(progress.history, trainer)
             and not stopping.reason_to_stop(progress.history, trainer.early_stopping, trainer.epochs))
 
 
@@ -303,11 +305,13 @@ def show_progress(setting: bool | str) -> bool:
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
-def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
+def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
+                    after_step: Callable[[], None] = lambda: None) -> bool:
     """The rest of the epoch in progress, from its next batch; returns whether a stop was asked for."""
     cfg, progress, rank, trainer = run.cfg, run.progress, run.rank, run.cfg.trainer
     crop = cfg.dataset.augment.crop_padding
-    plan = data_mod.epoch_plan(len(run.data.train), cfg.seed, progress.epoch, crop, cfg.dataset.augment.flip,
+    epoch = 0 if trainer.overfit_batches else progress.epoch  # debug=overfit: the same batches every epoch
+    plan = data_mod.epoch_plan(len(run.data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip,
                                run.data.sample_rank - 1)
     batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
                                      rank.index, rank.world)
@@ -361,6 +365,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
                 writer.add_scalar("loss/train_step", step_loss / step_seen, progress.step)
                 writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
             step_loss, step_seen = 0.0, 0
+            after_step()
             if drawing:  # tqdm redraws at most 10 times a second
                 elapsed = progress.train_seconds + time.perf_counter() - started
                 bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
@@ -456,8 +461,10 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     stopped_early = stopping.reason_to_stop(progress.history, cfg.trainer.early_stopping, cfg.trainer.epochs)
     if stopped_early:
         log.info(stopped_early)
+    overfit = debugging.overfit_verdict(progress.history, cfg.trainer) if cfg.trainer.overfit_batches else None
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, None, run.amp, run.memory_format)
+    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, cfg.trainer.limit_test_batches, run.amp,
+                    run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
@@ -472,6 +479,8 @@ def finish(run: Run, writer: SummaryWriter) -> float:
                   "params": sum(p.numel() for p in run.model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
+        if overfit is not None:
+            report["overfit_check"] = "passed" if overfit[0] else "failed"
         if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
             report["skipped_files"] = data.skipped_files
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -481,7 +490,9 @@ def finish(run: Run, writer: SummaryWriter) -> float:
         f"none (dataset.val_size=0); best.pt is the last epoch ({progress.best_epoch})"
     log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (best.pt, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
-             rule, best_text, test.accuracy, len(data.test), data.name, run_dir, run_dir, rule)
+             rule, best_text, test.accuracy, len(test.labels) * rank.world, data.name, run_dir, run_dir, rule)
+    if overfit is not None:
+        (log.info if overfit[0] else log.warning)(overfit[1])
     return progress.best_acc if validated else math.nan
 
 
@@ -517,6 +528,8 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
 
 # trainer keys newer than some checkpoints, and what a run without them did
 _BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+                      "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
+                      "keep_run_folder": True,
                       "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
 
 
