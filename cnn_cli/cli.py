@@ -64,8 +64,32 @@ def _layer_names() -> str:
                          subsequent_indent="  ")
 
 
+def _config_groups(*only: str) -> str:
+    """What --help lists: each config group a user chooses from (or `only` these), with its
+    options, as Hydra lists them, less Hydra's own groups and schema/* (the types behind the
+    YAML files)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+
+    def walk(parent: str) -> None:
+        for group in sorted(loader.list_groups(parent)):
+            path = f"{parent}/{group}" if parent else group
+            if path in ("hydra", "schema") or (only and path not in only):
+                continue
+            options = loader.get_group_options(path)
+            if options:
+                lines.append(f"{path}: {', '.join(options)}")
+            walk(path)
+
+    walk("")
+    return "\n".join(lines)
+
+
 _RESOLVERS = {"cnn_run_dir": _run_dir, "cnn_hydra_subdir": _hydra_subdir, "cnn_log_file": _log_file,
-             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder, "cnn_run_name": rundir.run_name}
+             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder, "cnn_run_name": rundir.run_name,
+              "cnn_config_groups": _config_groups}
 
 
 def register() -> None:
