@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # tab they would be columns holding the same value in every run.
 NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "optimizer.differentiable",
                "optimizer.capturable", "scheduler._partial_", "scheduler.last_epoch", "trainer.progress",
-               "trainer.log_every_n_steps", "trainer.log_histograms", "trainer.pictures_every_n_epochs"}
+               "trainer.log_every_n_steps", "trainer.log_histograms", "trainer.pictures_every_n_epochs",
+               "trainer.profile_steps", "trainer.keep_run_folder"}
 
 
 # TensorBoard's Custom Scalars page: train and val on one chart each, the schedule per step
