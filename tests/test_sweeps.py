@@ -99,7 +99,11 @@ def test_an_optuna_search_writes_its_best_trial(tmp_path: Path) -> None:
     assert len(table_rows(proc.stdout)) == 3
     lr = result["best_params"]["optimizer.lr"]
     names = [job(tmp_path / "sweep", n).name for n in range(3)]
-    assert any(f"lr={lr}" in name for name in names), (lr, names)  # run names say each trial's values
+    # run names say each trial's values, to 4 significant digits; the job's config keeps them whole
+    assert any(f"lr={lr:.4g}_" in name for name in names), (lr, names)
+    best_job = next(n for n in range(3) if f"lr={lr:.4g}_" in names[n])
+    config = yaml.safe_load((job(tmp_path / "sweep", best_job) / ".hydra" / "config.yaml").read_text())
+    assert config["optimizer"]["lr"] == lr
     best = max(trials, key=lambda n: trials[n]["best_val_acc"])  # the table names the best trial's values
     assert f"best validation accuracy: job {best} ({trials[best]['best_val_acc']:.4f}): " in proc.stdout
     assert "optimizer.lr=" in proc.stdout.split("best validation accuracy: ")[1].splitlines()[0]
