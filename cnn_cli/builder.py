@@ -105,7 +105,10 @@ def check_norm(model: DictConfig) -> None:
 def build_from_config(cfg: DictConfig) -> BuiltModel:
     """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class."""
     check_norm(cfg.model)
-    built = build_model(cfg.model.layers, cfg.dataset.input_shape)
+    try:
+        built = build_model(cfg.model.layers, cfg.dataset.input_shape)
+    except UserError as err:
+        raise UserError(f"{err}{_input_hint(cfg)}") from None
     classes = cfg.dataset.num_classes
     if built.output_shape != (classes,):
         raise UserError(
@@ -114,6 +117,18 @@ def build_from_config(cfg: DictConfig) -> BuiltModel:
             "`- linear: {out_features: ${dataset.num_classes}}`"
         )
     return built
+
+
+def _input_hint(cfg: DictConfig) -> str:
+    """A model config's `expects_input` (AlexNet's 3 x 227 x 227), said when the dataset's samples
+    do not fit: a student's first `cnn-summary model=alexnet` meets MNIST's 1 x 28 x 28."""
+    expects = cfg.model.get("expects_input")
+    if not expects or list(expects) == list(cfg.dataset.input_shape):
+        return ""
+    shape = ",".join(map(str, expects))
+    return (f". The model '{cfg.model.name}' is made for {fmt_shape(tuple(expects))} samples, not "
+            f"{fmt_shape(tuple(cfg.dataset.input_shape))} ({cfg.dataset.name}): try "
+            f"model={cfg.model.name} dataset=random dataset.input_shape=[{shape}]")
 
 
 def _parse(spec: Any, where: str) -> tuple[str, dict[str, Any]]:

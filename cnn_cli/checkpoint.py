@@ -121,12 +121,12 @@ def resolve(path: str | Path, key: str, prefer: tuple[str, ...] = ("last.pt",)) 
         found = [p / "checkpoints" / name for name in prefer if (p / "checkpoints" / name).is_file()]
         if not found:
             raise UserError(f"{key}={path}: no checkpoint there (no {' or '.join(prefer)} in {p / 'checkpoints'}); "
-                            "give a run folder (outputs/DATE/TIME) or a .pt file such as "
-                            f"outputs/DATE/TIME/checkpoints/{prefer[0]}")
+                            "give a run folder (outputs/NAME/DATE_TIME) or a .pt file such as "
+                            f"outputs/NAME/DATE_TIME/checkpoints/{prefer[0]}")
         p = found[0]
     if not p.is_file():
-        raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/DATE/TIME) "
-                        f"or a .pt file such as outputs/DATE/TIME/checkpoints/{prefer[0]}")
+        raise UserError(f"{key}={path}: no checkpoint there; give a run folder (outputs/NAME/DATE_TIME) "
+                        f"or a .pt file such as outputs/NAME/DATE_TIME/checkpoints/{prefer[0]}")
     return p
 
 
@@ -158,15 +158,19 @@ def load(path: str | Path, key: str = "checkpoint", prefer: tuple[str, ...] = ("
             raise UserError(f"{key}={path}: {p} is not a complete cnn-cli checkpoint ('{entry}' is "
                             f"{'missing' if entry not in state else type(state[entry]).__name__}); it was damaged "
                             "or written by another program")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
-        raise UserError(f"{key}={path}: {p}: its 'model' is not a state dict of tensors; it was damaged or written "
-                        "by another program")
+    for entry in ("model", "ema"):
+        weights = state.get(entry, {})
+        if not (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in weights.items())):
+            raise UserError(f"{key}={path}: {p}: its '{entry}' is not a state dict of tensors; it was damaged or "
+                            "written by another program")
     return state
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str) -> None:
-    """Load a checkpoint's weights, naming every key that does not fit."""
-    weights = state["model"]
+def load_weights(model: torch.nn.Module, state: dict[str, Any], key: str, averaged: bool = True) -> None:
+    """Load a checkpoint's weights, naming every key that does not fit: the moving average's
+    (trainer.ema_decay) where the run kept one, unless `averaged` is False (a resume)."""
+    weights = state["ema"] if averaged and "ema" in state else state["model"]
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

@@ -67,8 +67,32 @@ def _layer_names() -> str:
                          subsequent_indent="  ")
 
 
+def _config_groups(*only: str) -> str:
+    """What --help lists: each config group a user chooses from (or `only` these), with its
+    options, as Hydra lists them, less Hydra's own groups and schema/* (the types behind the
+    YAML files)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+
+    def walk(parent: str) -> None:
+        for group in sorted(loader.list_groups(parent)):
+            path = f"{parent}/{group}" if parent else group
+            if path in ("hydra", "schema") or (only and path not in only):
+                continue
+            options = loader.get_group_options(path)
+            if options:
+                lines.append(f"{path}: {', '.join(options)}")
+            walk(path)
+
+    walk("")
+    return "\n".join(lines)
+
+
 _RESOLVERS = {"cnn_run_dir": _run_dir, "cnn_hydra_subdir": _hydra_subdir, "cnn_log_file": _log_file,
-             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder}
+             "cnn_layer_names": _layer_names, "cnn_job_dir": sweep.job_folder, "cnn_run_name": rundir.run_name,
+              "cnn_config_groups": _config_groups}
 
 
 def register() -> None:
@@ -208,7 +232,11 @@ def _train(cfg: DictConfig) -> float:
             if single and _WRITES:  # a sweep keeps each failed job's record
                 _discard_attempt(run_dir, hydra_cfg.output_subdir)
             raise
-        return train.train(run)
+        result = train.train(run)
+        if not run.cfg.trainer.keep_run_folder and _WRITES:
+            rundir.remove_run(run_dir)
+            log.info("trainer.keep_run_folder=false: removed %s", run_dir)
+        return result
     finally:
         rundir.release(run_dir)  # the next job of a sweep may run in this process
 
@@ -224,10 +252,7 @@ def _discard_attempt(run_dir: Path, record: str | None) -> None:
         shutil.rmtree(run_dir / record, ignore_errors=True)
     elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in run_dir.parents:  # outputs/DATE/, if this run made it
-            if parent == start or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        rundir.remove_empty(run_dir.parent)  # outputs/NAME/, if this run made it (stops at start, the working folder)
 
 
 def train() -> None:
@@ -242,7 +267,7 @@ def _eval(cfg: DictConfig) -> None:
 
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt (or a run "
+        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt (or a run "
                         "folder)")
     report = run_eval(cfg)
     print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
@@ -259,8 +284,8 @@ def _predict(cfg: DictConfig) -> None:
     from cnn_cli.predict import run_predict
 
     if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
-        raise UserError("give a checkpoint and inputs: cnn-predict checkpoint=outputs/DATE/TIME/checkpoints/best.pt "
-                        "inputs=[photo.png,pictures/]")
+        raise UserError("give a checkpoint and inputs: cnn-predict "
+                        "checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt inputs=[photo.png,pictures/]")
     if run_predict(cfg):  # some files were unreadable: listed, skipped
         sys.exit(1)
 
@@ -276,7 +301,8 @@ def _export(cfg: DictConfig) -> None:
     from cnn_cli.export import describe, run_export
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/DATE/TIME/checkpoints/best.pt format=onnx")
+        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt "
+                        "format=onnx")
     print(describe(run_export(cfg)))
 
 

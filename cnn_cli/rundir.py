@@ -1,7 +1,8 @@
 """A run folder has one owner.
 
-A new run gets a folder nobody else has (created with mkdir, which fails if it exists, so
-two runs started in the same second get DATE/TIME and DATE/TIME-1); a folder that already
+A new run gets a folder named by what it is and when, outputs/NAME/DATE_TIME, that nobody
+else has (created with mkdir, which fails if it exists, so two runs started in the same
+second get NAME/DATE_TIME and NAME/DATE_TIME-1); a folder that already
 holds a run is refused; and a process that trains in a folder holds a lock on it for its
 whole life, released by the operating system however the process ends, so a second
 trainer (or a resume while one still runs) is refused while a killed run's folder resumes.
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +32,24 @@ except ImportError:  # Windows: no advisory locks; the folder checks still hold
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # the owner's PID, for the message; the lock itself is on the folder
-RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb")  # what makes a folder a run's
+RUN_FILES = (".hydra", "checkpoints", "metrics.json", "train.log", "tb", "profile")  # what makes a folder a run's
 _held: dict[Path, int] = {}  # folders this process owns -> the open descriptor holding the lock
 # the single run this process started: its folder and Hydra's record in it, so that an attempt
 # Hydra itself fails (a full disk while it writes the record) is removed like any bad input
 attempt: tuple[Path, str | None] | None = None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")  # anything else, "/" first, becomes "-"
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """`text` as one folder name: no "/", no "..", no spaces or shell characters, at most `limit` long."""
+    return _UNSAFE.sub("-", str(text))[:limit].strip("-_.")
+
+
+def run_name(name: str) -> str:
+    """The run folder's first part (`name`: the experiment's, else MODEL_DATASET), safe as one folder name."""
+    return safe_name(name) or "run"
 
 
 def resumed_run(resume: str | None) -> Path | None:
@@ -85,6 +101,29 @@ def release(folder: Path) -> None:
     if fd is not None:
         (folder / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)
+
+
+def remove_run(folder: Path) -> None:
+    """trainer.keep_run_folder=false (debug=fast): remove what the run wrote, and the folder
+    and its parents up to the working folder where that leaves them empty; anything else a
+    user keeps there stays."""
+    folder = Path(os.path.abspath(folder))
+    release(folder)
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()
+    remove_empty(folder)
+
+
+def remove_empty(folder: Path) -> None:
+    """Remove `folder` and then its parents while they are empty, stopping at the working folder."""
+    for path in (folder, *folder.parents):
+        if path == Path.cwd() or not path.is_dir() or any(path.iterdir()):
+            break
+        path.rmdir()
 
 
 def _owner(folder: Path) -> str:

@@ -21,9 +21,16 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
-from cnn_cli import bounds, data, optim
+from cnn_cli import bounds, data, optim, stopping
 from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
+
+
+@dataclass
+class EarlyStoppingSchema:
+    patience: Optional[int] = MISSING
+    monitor: str = MISSING
+    min_delta: float = MISSING
 
 
 @dataclass
@@ -42,15 +49,23 @@ class TrainerSchema:
     log_every_n_steps: int = MISSING
     limit_train_batches: Optional[int] = MISSING
     limit_val_batches: Optional[int] = MISSING
+    limit_test_batches: Optional[int] = MISSING
     progress: Any = MISSING  # auto | true | false
     log_histograms: bool = MISSING
     log_graph: bool = MISSING
     log_images: bool = MISSING
     checkpoints: bool = MISSING
+    pictures_every_n_epochs: Optional[int] = MISSING
     sync_bn: bool = MISSING
     freeze: Any = None  # layer names, or 'up to NAME' (cnn_cli/transfer.py)
     pretrained_lr_scale: float = 1.0
     fit_to_data: bool = False  # batch size and epochs from the training set's size (cnn_cli/recipe.py)
+    accumulate_grad_batches: int = MISSING
+    ema_decay: Optional[float] = MISSING
+    early_stopping: EarlyStoppingSchema = field(default_factory=lambda: EarlyStoppingSchema())
+    overfit_batches: Optional[int] = MISSING
+    profile_steps: Optional[int] = MISSING
+    keep_run_folder: bool = MISSING
 
 
 @dataclass
@@ -101,6 +116,7 @@ class TrainSchema:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: Any = MISSING
+    name: str = MISSING
     seed: int = MISSING
     resume: Optional[str] = MISSING
     init_from: Optional[str] = MISSING
@@ -205,12 +221,14 @@ def check(cfg: DictConfig) -> None:
     _finite(cfg, "")
     bounds.check_seed("seed", cfg.seed)
     for node, schema, prefix in ((cfg.trainer, TrainerSchema, "trainer"), (cfg.dataset, DatasetSchema, "dataset"),
-                                 (cfg.dataset.augment, AugmentSchema, "dataset.augment")):
+                                 (cfg.dataset.augment, AugmentSchema, "dataset.augment"),
+                                 (cfg.trainer.early_stopping, EarlyStoppingSchema, "trainer.early_stopping")):
         _no_unknown_keys(node, schema, prefix)
     trainer = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every_n_steps", "accumulate_grad_batches"):
         _at_least(f"trainer.{key}", trainer[key], 1)
-    for key in ("limit_train_batches", "limit_val_batches"):
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "pictures_every_n_epochs",
+                "overfit_batches", "profile_steps"):
         if trainer[key] is not None:
             _at_least(f"trainer.{key}", trainer[key], 1, " (or null)")
     threads = trainer.num_threads
@@ -226,11 +244,28 @@ def check(cfg: DictConfig) -> None:
                         "layers learn at a tenth of optimizer.lr)")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
+    _check_ema_and_early_stopping(trainer, cfg.dataset.val_size)
     optim.check(cfg, trainer.epochs)
     data.resolve(cfg.dataset)
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
                         "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")
+
+
+def _check_ema_and_early_stopping(trainer: DictConfig, val_size: Any) -> None:
+    if trainer.ema_decay is not None and not 0 < trainer.ema_decay < 1:
+        raise UserError(f"trainer.ema_decay={trainer.ema_decay} must be between 0 and 1, e.g. 0.999 (or null: off)")
+    stop = trainer.early_stopping
+    if stop.monitor not in stopping.MONITORS:
+        raise UserError(f"trainer.early_stopping.monitor={stop.monitor}: choose {' or '.join(stopping.MONITORS)}")
+    if stop.min_delta < 0:
+        raise UserError(f"trainer.early_stopping.min_delta={stop.min_delta} must be >= 0, e.g. 0.001")
+    if stop.patience is None:
+        return
+    _at_least("trainer.early_stopping.patience", stop.patience, 1, " (or null: off)")
+    if val_size == 0:
+        raise UserError("trainer.early_stopping watches the validation split, but dataset.val_size=0 holds none "
+                        "out; set dataset.val_size > 0 or trainer.early_stopping.patience=null")
 
 
 def _finite(node: Any, key: str) -> None:

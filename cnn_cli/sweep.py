@@ -15,6 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cnn_cli.rundir import safe_name
+
 ERROR_FILE = "error.txt"
 _sweep_dir: Path | None = None  # set when this process starts a multirun
 
@@ -27,25 +29,31 @@ class RecordSweep(Callback):
         _sweep_dir = Path(config.hydra.sweep.dir)
 
 
-_NAME_LIMIT = 80  # characters of overrides in a job folder's name
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")  # anything else, "/" first, becomes "-"
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # 0.1, .5, 1e-3, 3.0e-05
 
 
 def job_folder(num: int, task: Any, sweep_dir: str, params: Any) -> str:
     """A sweep job's folder: its number, then the values it was given of the keys the sweep
     varies (Hydra's ${hydra.job.num}_${hydra.job.override_dirname}, without the settings every
-    job shares, keys by their last part), so TensorBoard's run names say what each job was:
-    3_lr=0.1_model=lenet5_bn. The varied keys are the sweeper's params (an experiment's or an
-    Optuna search's) and the command line's a,b / range() / choice() overrides, read from the
-    multirun.yaml the basic sweeper writes before any job starts, whichever process runs it."""
+    job shares, keys by their last part, floats to 4 significant digits), so TensorBoard's run
+    names say what each job was: 3_lr=0.1_model=lenet5_bn. The varied keys are the sweeper's
+    params (an experiment's or an Optuna search's) and the command line's a,b / range() /
+    choice() overrides, read from the multirun.yaml the basic sweeper writes before any job
+    starts, whichever process runs it."""
     varied = {str(key) for key in params or {}} | _swept_on_command_line(Path(sweep_dir) / "multirun.yaml")
     parts = []
     for override in map(str, task or []):
         key, _, value = override.partition("=")
         if key.lstrip("+~") in varied:
-            parts.append(f"{key.lstrip('+~').rsplit('.', 1)[-1]}={value}")
-    name = _UNSAFE.sub("-", "_".join(parts))[:_NAME_LIMIT].strip("-_.")
+            parts.append(f"{key.lstrip('+~').rsplit('.', 1)[-1]}={_rounded(value)}")
+    name = safe_name("_".join(parts))
     return f"{num}_{name}" if name else str(num)
+
+
+def _rounded(value: str) -> str:
+    """A float to 4 significant digits (an Optuna trial's 0.012345678901 -> 0.01235) for the
+    folder's name; the job's config keeps the full value."""
+    return f"{float(value):.4g}" if _FLOAT.fullmatch(value) else value
 
 
 def _swept_on_command_line(multirun_yaml: Path) -> set[str]:

@@ -1,5 +1,10 @@
 """What a run shows in TensorBoard beyond scalars: hparams, filters, feature maps, mistakes,
-histograms, and the chart layout."""
+histograms, and the chart layout.
+
+TensorBoard sorts its sections by the tag's first part and opens the first ones, so the
+tags are chosen to put what people open it for first: accuracy/ and loss/ (train and val),
+then lr, then pictures/ (filters, feature maps, mistakes), result/ (the final numbers, the
+HParams tab's metrics), running_stats/, throughput/, time/, weights/."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.tensorboard import SummaryWriter
@@ -27,14 +32,15 @@ log = logging.getLogger(__name__)
 # tab they would be columns holding the same value in every run.
 NOT_HPARAMS = {"optimizer._partial_", "optimizer.foreach", "optimizer.fused", "optimizer.differentiable",
                "optimizer.capturable", "scheduler._partial_", "scheduler.last_epoch", "trainer.progress",
-               "trainer.log_every_n_steps", "trainer.log_histograms"}
+               "trainer.log_every_n_steps", "trainer.log_histograms", "trainer.pictures_every_n_epochs",
+               "trainer.profile_steps", "trainer.keep_run_folder"}
 
 
 # TensorBoard's Custom Scalars page: train and val on one chart each, the schedule per step
 CHARTS = {"curves": {
-    "loss (train, val)": ["Multiline", ["train/loss", "val/loss"]],
-    "accuracy (train, val)": ["Multiline", ["train/acc", "val/acc"]],
-    "training loss per step": ["Multiline", ["train/loss_step"]],
+    "loss (train, val)": ["Multiline", ["loss/train", "loss/val"]],
+    "accuracy (train, val)": ["Multiline", ["accuracy/train", "accuracy/val"]],
+    "training loss per step": ["Multiline", ["loss/train_step"]],
     "learning rate per step": ["Multiline", ["lr"]],
 }}
 
@@ -121,11 +127,11 @@ def first_conv_filters(model: nn.Module) -> tuple[str, Tensor] | None:
     if conv is None:
         return None
     weight = conv.weight.detach().float().cpu()
-    tag = "filters/first_conv"
+    tag = "pictures/filters_first_conv"
     if weight.dim() == 3:  # (out, in, taps) -> one grey in x taps image per filter
-        weight, tag = weight[:, None], "filters/first_conv1d_in_channels_x_taps"
+        weight, tag = weight[:, None], "pictures/filters_first_conv1d_in_channels_x_taps"
     elif weight.dim() == 5:  # (out, in, depth, h, w) -> its middle depth slice
-        weight, tag = weight[:, :, weight.shape[2] // 2], "filters/first_conv3d_middle_depth_slice"
+        weight, tag = weight[:, :, weight.shape[2] // 2], "pictures/filters_first_conv3d_middle_depth_slice"
     if weight.shape[1] != 3:  # grey (or many-channel) input: show the first input channel
         weight = weight[:, :1]
     weight = F.interpolate(weight, scale_factor=max(1, 48 // weight.shape[-1]), mode="nearest")
@@ -137,9 +143,10 @@ def first_conv_filters(model: nn.Module) -> tuple[str, Tensor] | None:
 
 def feature_maps(model: nn.Module, samples: Tensor) -> list[Picture]:
     """What every conv layer sees: its output for each of the samples (one forward pass), under
-    features/<layer>; each sample's channels as tiles of a grid, each tile on its own 0..1
-    scale, the samples' grids side by side. 1-D maps: channels down, positions across;
-    3-D maps: the middle depth slice."""
+    pictures/features_<layer>; each sample's channels as tiles of a grid, each tile on its own
+    0..1 scale, the samples' grids side by side. 1-D maps: a heat map, each channel a band of
+    rows on its own scale, positions across, drawn at least ~256 x 512; 3-D maps: the middle
+    depth slice."""
     convs = {name: m for name, m in model.named_modules() if isinstance(m, _ConvNd)}
     outputs: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda _m, _in, out, name=name: outputs.__setitem__(name, out.detach()))
@@ -155,15 +162,24 @@ def feature_maps(model: nn.Module, samples: Tensor) -> list[Picture]:
     pictures = []
     for name, maps in outputs.items():
         maps = maps.float().cpu()
-        if maps.dim() == 3:  # (N, C, L): one grey C x L strip per sample
-            maps = maps[:, None]
-        elif maps.dim() == 5:  # (N, C, D, H, W): its middle depth slice
+        if maps.dim() == 5:  # (N, C, D, H, W): its middle depth slice
             maps = maps[:, :, maps.shape[2] // 2]
-        grids = [_channel_grid(sample) for sample in maps]
+        grids = [_heat_map(sample) if sample.dim() == 2 else _channel_grid(sample) for sample in maps]
         height = max(grid.shape[1] for grid in grids)
         grids = [F.pad(grid, (0, 4, 0, height - grid.shape[1]), value=1.0) for grid in grids]
-        pictures.append((f"features/{name}", torch.cat(grids, dim=2)))
+        pictures.append((f"pictures/features_{name}", torch.cat(grids, dim=2)))
     return pictures
+
+
+def _heat_map(maps: Tensor) -> Tensor:
+    """C x L maps -> one grey image: each channel a band of rows on its own 0..1 scale, the
+    positions across, scaled up to about 256 x 512 pixels so that a short signal is readable."""
+    low = maps.amin(dim=1, keepdim=True)
+    high = maps.amax(dim=1, keepdim=True)
+    maps = (maps - low) / (high - low).clamp_min(1e-8)
+    channels, length = maps.shape
+    size = (channels * max(1, 256 // channels), length * max(1, 512 // length))
+    return F.interpolate(maps[None, None], size=size, mode="nearest")[0]
 
 
 def _channel_grid(maps: Tensor) -> Tensor:
@@ -177,29 +193,54 @@ def _channel_grid(maps: Tensor) -> Tensor:
 
 
 def mistakes_grid(samples: Tensor, predicted: Tensor, true: Tensor, classes: Sequence[str], mean: Tensor,
-                  std: Tensor, limit: int = 64) -> tuple[str, Tensor] | None:
-    """Up to `limit` misclassified test samples, each captioned 'p:<predicted> t:<true>':
-    images as they are, 1-D signals as line plots (one colour per channel, normalised),
-    3-D volumes as their middle depth slice."""
+                  std: Tensor, limit: int = 8) -> tuple[str, Tensor] | None:
+    """Up to `limit` misclassified test samples, 4 a row, each captioned with the full class
+    names ('pred: <predicted>' over 'true: <true>', wrapped when long), small enough as a
+    whole that TensorBoard's default card (about 370 x 210 pixels) shows the captions
+    readably: images as they are, 1-D signals as line plots
+    (one colour per channel, normalised), 3-D volumes as their middle depth slice."""
     wrong = (predicted != true).nonzero().flatten()[:limit].tolist()
     if not wrong:
         return None
     rank = samples.dim() - 1
-    tag = {2: "test/misclassified_signals", 3: "test/misclassified", 4: "test/misclassified_middle_depth_slice"}[rank]
-    tiles = []
+    tag = {2: "misclassified_signals", 3: "misclassified", 4: "misclassified_middle_depth_slice"}[rank]
     mean, std = mean.cpu(), std.cpu()
+    pictures, captions = [], []
     for i in wrong:
         sample = samples[i].cpu()
         if rank == 2:
-            picture = _plot_signal(normalize(sample[None], mean, std)[0])
+            pictures.append(_plot_signal(normalize(sample[None], mean, std)[0]))
         else:
-            picture = _image(sample[:, sample.shape[1] // 2] if rank == 4 else sample)
-        tile = Image.new("RGB", (picture.width, picture.height + 14), "white")
-        tile.paste(picture, (0, 0))
-        caption = f"p:{classes[predicted[i]][:7]} t:{classes[true[i]][:7]}"
-        ImageDraw.Draw(tile).text((1, picture.height + 1), caption, fill="red")
+            pictures.append(_image(sample[:, sample.shape[1] // 2] if rank == 4 else sample))
+        captions.append(f"pred: {classes[predicted[i]]}\ntrue: {classes[true[i]]}")
+    font = ImageFont.load_default(size=_CAPTION_PX)
+    width = max(picture.width for picture in pictures)
+    texts = [_wrap(caption, font, width) for caption in captions]
+    text_height = max(len(text.splitlines()) for text in texts) * (_CAPTION_PX + 3) + 4
+    tiles = []
+    for picture, text in zip(pictures, texts):
+        tile = Image.new("RGB", (width, picture.height + text_height), "white")
+        tile.paste(picture, ((width - picture.width) // 2, 0))
+        ImageDraw.Draw(tile).multiline_text((3, picture.height + 2), text, fill="red", font=font, spacing=3)
         tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
-    return tag, tile_grid(torch.stack(tiles), nrow=8, pad_value=128)
+    return f"pictures/{tag}", tile_grid(torch.stack(tiles), nrow=4, pad_value=128)
+
+
+_CAPTION_PX = 13  # about 10 pixels when TensorBoard fits the 4 x 2 grid to its card
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """Each line of `text` broken, at any character, into lines that fit `width` pixels."""
+    lines = []
+    for line in text.splitlines():
+        while font.getlength(line) > width - 6 and len(line) > 1:
+            cut = 1
+            while font.getlength(line[:cut + 1]) <= width - 6:
+                cut += 1
+            lines.append(line[:cut])
+            line = "  " + line[cut:]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _image(image: Tensor) -> Image.Image:
@@ -217,7 +258,7 @@ def _image(image: Tensor) -> Image.Image:
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
-def _plot_signal(signal: Tensor, width: int = 160, height: int = 64) -> Image.Image:
+def _plot_signal(signal: Tensor, width: int = 128, height: int = 72) -> Image.Image:
     """C x L (normalised) -> a line plot, one colour per channel, on one shared vertical scale."""
     values = signal.float()
     low, high = values.min().item(), values.max().item()
@@ -251,4 +292,4 @@ def write_histograms(writer: SummaryWriter, model: nn.Module, step: int) -> None
         writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
     for name, buffer in model.named_buffers():
         if name.endswith(("running_mean", "running_var")):
-            writer.add_histogram(f"batchnorm/{name}", buffer.detach().float().cpu(), step)
+            writer.add_histogram(f"running_stats/{name}", buffer.detach().float().cpu(), step)

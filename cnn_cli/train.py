@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import (augment, checkpoint, data as data_mod, distributed, optim, pretrained, recipe, rundir, runtime,
-                     schema, tb, transfer)
+from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, optim, pretrained, recipe, rundir,
+                     runtime, schema, stopping, tb, transfer)
 from cnn_cli.builder import build_from_config
+from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
 from cnn_cli.summary import format_table
@@ -105,20 +106,24 @@ class Run:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
     rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
+    ema: WeightAverage | None = None  # trainer.ema_decay: the averaged weights, which are validated and tested
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
     frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
     best_weights: dict[str, torch.Tensor] | None = None  # trainer.checkpoints=false: best.pt's weights, in memory
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
-        """The checkpoint: its keys are checkpoint.FORMAT's (plus versions), all plain data."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """The checkpoint: its keys are checkpoint.FORMAT's (plus versions and the average), all plain data."""
+        average = {"ema": self.ema.model.state_dict()} if self.ema else {}
+        return {"model": self.model.state_dict(), **average, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "progress": asdict(self.progress), "rng": _rng_state(), "config": self.record,
                 "finished": finished, "versions": _versions()}
 
     def load_state_dict(self, state: dict[str, Any], key: str) -> None:
-        checkpoint.load_weights(self.model, state, key)
+        checkpoint.load_weights(self.model, state, key, averaged=False)
+        if self.ema:
+            checkpoint.load_weights(self.ema.model, state, key)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -133,7 +138,7 @@ class Run:
     def save(self, name: str, finished: bool = False) -> None:
         if not self.cfg.trainer.get("checkpoints", True):  # the best weights are still what the test set tests
             if name == "best.pt":
-                self.best_weights = {key: value.clone() for key, value in self.model.state_dict().items()}
+                self.best_weights = {key: value.clone() for key, value in self.evaluated.state_dict().items()}
         elif self.rank.main:  # the other processes hold the same state
             checkpoint.save(self.state_dict(finished), self.ckpt_dir / name)
 
@@ -144,8 +149,13 @@ class Run:
             self.model.load_state_dict(self.best_weights)
             return self.model
         best = copy.deepcopy(self.model)
-        best.load_state_dict(checkpoint.load(self.ckpt_dir / "best.pt")["model"])
+        checkpoint.load_weights(best, checkpoint.load(self.ckpt_dir / "best.pt"), "best.pt")  # the average's, if kept
         return best
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights validation, the test and best.pt judge: the average's, if kept."""
+        return self.ema.model if self.ema else self.model
 
     @property
     def ckpt_dir(self) -> Path:
@@ -201,11 +211,13 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     transfer.freeze(model, frozen)
     data = _data(cfg, device, rank)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
-    if trainer.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, trainer.limit_train_batches)
+    for limit in (trainer.limit_train_batches, trainer.overfit_batches):
+        if limit:
+            steps_per_epoch = min(steps_per_epoch, limit)
     groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.get("pretrained_lr_scale", 1.0))
     optimizer = optim.build_optimizer(cfg.optimizer, groups)
-    scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, trainer.epochs)
+    optimizer_steps = -(-steps_per_epoch // trainer.accumulate_grad_batches)  # per epoch
+    scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, optimizer_steps, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     forward = model
     if rank.world > 1:  # gradients are averaged over the processes in backward()
@@ -214,7 +226,9 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     if trainer.compile:
         forward = torch.compile(forward)
     run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank, Progress(pretrained=loaded), frozen=frozen)
+              scheduler, per_step, scaler, steps_per_epoch, rank,
+              ema=WeightAverage(model, trainer.ema_decay) if trainer.ema_decay else None,
+              progress=Progress(pretrained=loaded), frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
@@ -293,17 +307,19 @@ def train(run: Run) -> float:
             writer.add_custom_scalars(tb.CHARTS)
             if rank.main:
                 tb.start_session(writer, {**tb.flat_hparams(run.record), "data": run.data.name})
-        log.info("training: %d epochs of %d steps, batch %d%s, %s precision", trainer.epochs, run.steps_per_epoch,
-                 trainer.batch_size,
+        accumulate = trainer.accumulate_grad_batches
+        log.info("training: %d epochs of %d steps, batch %d%s%s, %s precision", trainer.epochs,
+                 -(-run.steps_per_epoch // accumulate), trainer.batch_size,
                  f" ({rank.world} processes x {trainer.batch_size // rank.world})" * (rank.world > 1),
-                 run.precision)
+                 f", {accumulate} batches a step" * (accumulate > 1), run.precision)
         left_out = len(run.data.train) % trainer.batch_size
         if left_out and not trainer.limit_train_batches:
             log.info("each epoch leaves %d of the %d training samples out (a partial last batch is dropped; the next "
                      "epoch's shuffle takes others)", left_out, len(run.data.train))
-        with StopRequest() as stop:
-            while progress.epoch < trainer.epochs:
-                stopped = train_one_epoch(run, writer, stop)
+        profile = debugging.profiled(trainer.profile_steps if rank.main else None, run.run_dir / "profile", run.device)
+        with StopRequest() as stop, profile as profile_step:
+            while _going_on(run):
+                stopped = train_one_epoch(run, writer, stop, profile_step)
                 if progress.batch >= run.steps_per_epoch:  # the epoch is complete
                     end_epoch(run, writer)
                 if stopped:
@@ -332,17 +348,26 @@ def train(run: Run) -> float:
         distributed.stop()
 
 
+def _going_on(run: Run) -> bool:
+    """Epochs remain, and early stopping (if on) has not said stop."""
+    trainer, progress = run.cfg.trainer, run.progress
+    return (progress.epoch < trainer.epochs and not debugging.overfitted(progress.history, trainer)
+            and not stopping.reason_to_stop(progress.history, trainer.early_stopping, trainer.epochs))
+
+
 def show_progress(setting: bool | str) -> bool:
     """trainer.progress: true or false, or auto: bars only on a terminal, so that a log captured
     to a file gets the one line per epoch instead of thousands of bar redraws."""
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
-def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
+def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
+                    after_step: Callable[[], None] = lambda: None) -> bool:
     """The rest of the epoch in progress, from its next batch; returns whether a stop was asked for."""
     cfg, progress, rank, trainer = run.cfg, run.progress, run.rank, run.cfg.trainer
     crop = cfg.dataset.augment.crop_padding
-    plan = data_mod.epoch_plan(len(run.data.train), cfg.seed, progress.epoch, crop, cfg.dataset.augment.flip,
+    epoch = 0 if trainer.overfit_batches else progress.epoch  # debug=overfit: the same batches every epoch
+    plan = data_mod.epoch_plan(len(run.data.train), cfg.seed, epoch, crop, cfg.dataset.augment.flip,
                                run.data.sample_rank - 1)
     batches = data_mod.train_batches(run.data, trainer.batch_size, plan, crop, progress.batch, run.steps_per_epoch,
                                      rank.index, rank.world)
@@ -352,6 +377,8 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
     memory_format = run.memory_format  # looked up once, not at every step
+    accumulate = trainer.accumulate_grad_batches
+    step_loss, step_seen = 0.0, 0  # the optimizer step's batches so far
     started = time.perf_counter()
     try:
         for images, labels in bar:
@@ -370,9 +397,19 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
             if not math.isfinite(loss_sum):
                 raise UserError(_diverged(loss_sum / seen, progress.epoch, progress.step + 1, run.optimizer,
                                           run.ckpt_dir))
+            if progress.batch % accumulate == 0:  # the first batch of an optimizer step
+                run.optimizer.zero_grad(set_to_none=True)
+            # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
+            group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
+            run.scaler.scale(loss / group).backward()
+            progress.batch += 1
+            progress.seen += seen
+            progress.loss_sum += loss_sum
+            progress.correct += int(correct)
+            step_loss, step_seen = step_loss + loss_sum, step_seen + seen
+            if progress.batch % accumulate and progress.batch < run.steps_per_epoch:
+                continue  # more batches add to this step's gradients (a stop waits for the step: resumable)
             lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(loss).backward()
             if trainer.grad_clip_norm:
                 run.scaler.unscale_(run.optimizer)
                 nn.utils.clip_grad_norm_(run.model.parameters(), trainer.grad_clip_norm)
@@ -380,14 +417,14 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest) -> bool:
             run.scaler.update()
             if run.per_step:
                 run.scheduler.step()
-            progress.batch += 1
             progress.step += 1
-            progress.seen += seen
-            progress.loss_sum += loss_sum
-            progress.correct += int(correct)
+            if run.ema:
+                run.ema.update(run.model, progress.step)
             if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
-                writer.add_scalar("train/loss_step", loss_sum / seen, progress.step)
+                writer.add_scalar("loss/train_step", step_loss / step_seen, progress.step)
                 writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
+            step_loss, step_seen = 0.0, 0
+            after_step()
             if drawing:  # tqdm redraws at most 10 times a second
                 elapsed = progress.train_seconds + time.perf_counter() - started
                 bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
@@ -439,18 +476,21 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
     if len(data.val):
         started = time.perf_counter()
         distributed.share_buffers(run.model)
-        val = evaluate(run.model, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
+        if run.ema:
+            distributed.share_buffers(run.ema.model)
+        val = evaluate(run.evaluated, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
                        trainer.eval_batch_size, trainer.limit_val_batches, run.amp, run.memory_format)
         row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
-        improved = val.accuracy > progress.best_acc
+        improved = stopping.improved(row, progress.history, _chosen_by(trainer))
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
-    for key, tag in (("train_loss", "train/loss"), ("train_acc", "train/acc"), ("val_loss", "val/loss"),
-                     ("val_acc", "val/acc"), ("img_per_s", "throughput/img_per_s"),
+    for key, tag in (("train_loss", "loss/train"), ("train_acc", "accuracy/train"), ("val_loss", "loss/val"),
+                     ("val_acc", "accuracy/val"), ("img_per_s", "throughput/img_per_s"),
                      ("epoch_seconds", "time/epoch_seconds"), ("val_seconds", "time/val_seconds")):
         if key in row:
             writer.add_scalar(tag, row[key], progress.step)
-    if trainer.get("log_images", True):
-        tb.add_picture(writer, functools.partial(tb.first_conv_filters, run.model), progress.step)
+    every = trainer.pictures_every_n_epochs
+    if every and (epoch + 1) % every == 0 and epoch + 1 < trainer.epochs:  # the last epoch's come from finish()
+        _log_pictures(run, writer, run.evaluated)
     if trainer.log_histograms:
         tb.write_histograms(writer, run.model, progress.step)
     log.info("epoch %d/%d  train loss %.4f acc %.4f | %s | lr %.3g | %.0f img/s, %.1f s", epoch + 1, trainer.epochs,
@@ -476,23 +516,30 @@ def finish(run: Run, writer: SummaryWriter) -> float:
         log.info("all %d processes hold identical weights", rank.world)
     distributed.barrier()  # rank 0 has written best.pt
     best = run.best()
+    stopped_early = stopping.reason_to_stop(progress.history, cfg.trainer.early_stopping, cfg.trainer.epochs)
+    if stopped_early:
+        log.info(stopped_early)
+    overfit = debugging.overfit_verdict(progress.history, cfg.trainer) if cfg.trainer.overfit_batches else None
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, None, run.amp, run.memory_format)
+    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, cfg.trainer.limit_test_batches, run.amp,
+                    run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
     if rank.main and cfg.trainer.get("log_images", True):
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
-        two = data_mod.normalize(data.test.images[:2], data.mean, data.std)  # the same two test samples every run
-        tb.add_picture(writer, functools.partial(tb.feature_maps, best, two), progress.step)
+        _log_pictures(run, writer, best)
     if rank.main:
-        tb.end_session(writer, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
-        report = {**metrics, "best_chosen_by": "val_acc" if validated else NO_VALIDATION,
+        tb.end_session(writer, {f"result/{k}": v for k, v in metrics.items() if v is not None}, progress.step)
+        report = {**metrics, "best_chosen_by": _chosen_by(cfg.trainer) if validated else NO_VALIDATION,
+                  "stopped_early": stopped_early, "weights": "ema" if run.ema else "trained",
                   "dataset": data.name, "model": run.record["model"]["name"],
                   "params": sum(p.numel() for p in run.model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
                   "processes": rank.world, **_versions()}
+        if overfit is not None:
+            report["overfit_check"] = "passed" if overfit[0] else "failed"
         if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
             report["skipped_files"] = data.skipped_files
         checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -503,13 +550,28 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     tested = "best.pt" if run.best_weights is None else "best weights, trainer.checkpoints=false"
     log.info("\n%s\nbest val acc   %s\ntest acc       %.4f  (%s, %d test samples, %s)\n"
              "run folder     %s\ntensorboard    tensorboard --logdir %s\n%s",
-             rule, best_text, test.accuracy, tested, len(data.test), data.name, run_dir, run_dir, rule)
+             rule, best_text, test.accuracy, tested, len(test.labels) * rank.world, data.name, run_dir, run_dir, rule)
+    if overfit is not None:
+        (log.info if overfit[0] else log.warning)(overfit[1])
     return progress.best_acc if validated else math.nan
+
+
+def _chosen_by(trainer: DictConfig) -> str:
+    """What best.pt is chosen by: early stopping's monitor when it is on, else validation accuracy."""
+    return trainer.early_stopping.monitor if trainer.early_stopping.patience is not None else "val_acc"
+
+
+def _log_pictures(run: Run, writer: SummaryWriter, model: nn.Module) -> None:
+    """The first conv layer's filters, and what every conv layer sees of the same two test samples."""
+    if run.rank.main:
+        tb.add_picture(writer, functools.partial(tb.first_conv_filters, model), run.progress.step)
+        two = data_mod.normalize(run.data.test.images[:2], run.data.mean, run.data.std)
+        tb.add_picture(writer, functools.partial(tb.feature_maps, model, two), run.progress.step)
 
 
 # what may differ when a run is resumed: where and how visibly it runs, never what it computes
 _RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
-              "trainer.log_histograms", "dataset.root", "dataset.download")
+              "trainer.log_histograms", "trainer.pictures_every_n_epochs", "dataset.root", "dataset.download")
 
 
 def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
@@ -520,7 +582,15 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
             raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
                             f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
                             "init_from=<its last.pt>")
-    return OmegaConf.merge(checkpoint.stored_config(resumed["config"]), OmegaConf.from_dotlist(changes))
+    return OmegaConf.merge({"trainer": _BEFORE_THESE_KEYS}, checkpoint.stored_config(resumed["config"]),
+                           OmegaConf.from_dotlist(changes))
+
+
+# trainer keys newer than some checkpoints, and what a run without them did
+_BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+                      "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
+                      "keep_run_folder": True,
+                      "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
 
 
 def _progress(saved: dict[str, Any], key: str) -> Progress:

@@ -377,7 +377,7 @@ CASES: dict[str, Case] = {
         SAMPLE, "model=lenet5_bn", "trainer.freeze=[conv1,conv9]",
         expect=("trainer.freeze: 'conv9' is not a layer of this model", "Name column", "did you mean")),
     "eval_without_a_checkpoint": Case(
-        "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")),
+        "cnn-eval", (), ("no checkpoint given", "cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt")),
     "eval_random_bytes": Case(
         "cnn-eval", ("checkpoint=random.pt",),
         ("checkpoint=random.pt", "random.pt is not a readable checkpoint", "not a cnn-cli checkpoint"), _random_bytes,
@@ -551,7 +551,7 @@ def snapshot(root: Path) -> dict[str, object]:
     """Every path under root: folders by name, files by size and modification time.
 
     Folder modification times are left out: a cnn-train attempt stopped by bad input creates
-    its run folder (outputs/DATE/TIME/) and removes it again, which touches the parent's
+    its run folder (outputs/NAME/DATE_TIME/) and removes it again, which touches the parent's
     time but leaves nothing behind; what is left behind is what this compares."""
     tree: dict[str, object] = {}
     for dirpath, dirnames, filenames in os.walk(root):

@@ -26,7 +26,7 @@ def torchrun(*args: str) -> list[str]:
 def step_losses(run: Path) -> list[float]:
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    return [e.value for e in events.Scalars("train/loss_step")]
+    return [e.value for e in events.Scalars("loss/train_step")]
 
 
 def test_two_processes_train_as_one_with_one_set_of_logs(tmp_path: Path) -> None:

@@ -47,8 +47,13 @@ def test_train_help_lists_the_options_of_each_group(help_text: dict[str, str]) -
         shipped = {p.stem for p in (CONFIGS / group).glob("*.yaml")}
         assert shipped <= set(line.removeprefix(f"{group}: ").split(", ")), line
     assert "radam" in text and "exponentiallr" in text
-    assert "resume=outputs/DATE/TIME" in text and "--cfg job" in text
+    assert "resume=outputs/NAME/DATE_TIME" in text and "--cfg job" in text
     assert "\ntrainer:\n  epochs: 3\n" in text  # the config it would run
+    assert "debug: fast, overfit, profile" in text
+    for tool in ("cnn-train", "cnn-summary"):  # only what a user chooses, not the types behind the YAML files
+        assert not [line for line in help_text[tool].splitlines() if line.startswith("schema")], tool
+    assert "\nmodel: " in help_text["cnn-summary"] and "\noptimizer: " not in help_text["cnn-summary"]
+    assert "must match" not in help_text["cnn-predict"] and "dataset.resize" in help_text["cnn-predict"]
 
 
 def test_eval_help_shows_its_own_keys_not_the_training_groups(help_text: dict[str, str]) -> None:

@@ -149,7 +149,7 @@ def test_feature_maps_draw_every_conv_layer_of_every_rank(model, shape):
     built = build(model, "dataset=random", f"dataset.input_shape=[{','.join(map(str, shape))}]")
     pictures = dict(feature_maps(built.model, torch.randn(2, *shape)))
     convs = [row.name for row in built.rows if row.label.startswith("Conv")]
-    assert list(pictures) == [f"features/{name}" for name in convs]
+    assert list(pictures) == [f"pictures/features_{name}" for name in convs]
     for image in pictures.values():  # grey, 0..1, with something drawn
         assert image.dim() == 3 and image.shape[0] == 1 and 0 <= image.min() < image.max() <= 1
     assert built.model.training  # left as it was found

@@ -169,14 +169,15 @@ def test_a_picture_that_cannot_be_drawn_is_one_warning(tmp_path: Path, caplog: p
     assert len(warnings) == 1 and "IndexError" in warnings[0].getMessage()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
-    assert events.Tags()["images"] == ["test/misclassified"]
+    assert events.Tags()["images"] == ["pictures/misclassified"]
 
 
 @pytest.mark.parametrize("model, shape, pictures", [
-    ("imu_cnn1d", "[1,256]", {"filters/first_conv1d_in_channels_x_taps", "test/misclassified_signals",
-                              "features/conv1", "features/conv2", "features/conv3"}),
-    ("voxel_cnn3d", "[1,16,16,16]", {"filters/first_conv3d_middle_depth_slice", "test/misclassified_middle_depth_slice",
-                                     "features/conv1", "features/conv2"}),
+    ("imu_cnn1d", "[1,256]", {"pictures/filters_first_conv1d_in_channels_x_taps", "pictures/misclassified_signals",
+                              "pictures/features_conv1", "pictures/features_conv2", "pictures/features_conv3"}),
+    ("voxel_cnn3d", "[1,16,16,16]", {"pictures/filters_first_conv3d_middle_depth_slice",
+                                     "pictures/misclassified_middle_depth_slice", "pictures/features_conv1",
+                                     "pictures/features_conv2"}),
 ])
 @pytest.mark.e2e
 def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold(
@@ -211,7 +212,7 @@ def test_val_size_zero_trains_on_every_training_sample_and_keeps_the_last_epoch(
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])  # best.pt is the last epoch
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
-    assert "val/acc" not in events.Tags()["scalars"] and "train/acc" in events.Tags()["scalars"]
+    assert "accuracy/val" not in events.Tags()["scalars"] and "accuracy/train" in events.Tags()["scalars"]
 
 
 def test_layers_that_build_but_could_not_train_are_refused_by_the_builder() -> None:

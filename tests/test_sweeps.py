@@ -21,7 +21,7 @@ def hparams_of(run: Path) -> dict:
     events = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     assert events.PluginTagToContent("hparams"), f"no hparams in {run}"
-    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hparam/")}
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("result/")}
 
 
 def job(sweep: Path, num: int) -> Path:
@@ -82,8 +82,8 @@ def test_joblib_runs_two_jobs_each_with_hparams(tmp_path: Path) -> None:
         assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] == lr
         metrics = json.loads((run / "metrics.json").read_text())
         hparams = hparams_of(run)  # the HParams tab compares the jobs on these
-        assert hparams["hparam/test_acc"] == pytest.approx(metrics["test_acc"])
-        assert hparams["hparam/best_val_acc"] == pytest.approx(metrics["best_val_acc"])
+        assert hparams["result/test_acc"] == pytest.approx(metrics["test_acc"])
+        assert hparams["result/best_val_acc"] == pytest.approx(metrics["best_val_acc"])
         assert f"optimizer.lr={lr}" in rows[str(num)]
 
 
@@ -99,7 +99,11 @@ def test_an_optuna_search_writes_its_best_trial(tmp_path: Path) -> None:
     assert len(table_rows(proc.stdout)) == 3
     lr = result["best_params"]["optimizer.lr"]
     names = [job(tmp_path / "sweep", n).name for n in range(3)]
-    assert any(f"lr={lr}" in name for name in names), (lr, names)  # run names say each trial's values
+    # run names say each trial's values, to 4 significant digits; the job's config keeps them whole
+    assert any(f"lr={lr:.4g}_" in name for name in names), (lr, names)
+    best_job = next(n for n in range(3) if f"lr={lr:.4g}_" in names[n])
+    config = yaml.safe_load((job(tmp_path / "sweep", best_job) / ".hydra" / "config.yaml").read_text())
+    assert config["optimizer"]["lr"] == lr
     best = max(trials, key=lambda n: trials[n]["best_val_acc"])  # the table names the best trial's values
     assert f"best validation accuracy: job {best} ({trials[best]['best_val_acc']:.4f}): " in proc.stdout
     assert "optimizer.lr=" in proc.stdout.split("best validation accuracy: ")[1].splitlines()[0]

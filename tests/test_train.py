@@ -65,13 +65,13 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"tensors": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "throughput/img_per_s",
-                "time/epoch_seconds", "train/loss_step", "hparam/test_acc", "hparam/best_val_acc"):
+    for tag in ("loss/train", "accuracy/train", "loss/val", "accuracy/val", "lr", "throughput/img_per_s",
+                "time/epoch_seconds", "loss/train_step", "result/test_acc", "result/best_val_acc"):
         assert tag in tags["scalars"], tag
-    assert [e.step for e in events.Scalars("val/acc")] == [4, 8]  # one per epoch, x-axis is the step
-    assert {"filters/first_conv", "test/misclassified"} <= set(tags["images"])
+    assert [e.step for e in events.Scalars("accuracy/val")] == [4, 8]  # one per epoch, x-axis is the step
+    assert {"pictures/filters_first_conv", "pictures/misclassified"} <= set(tags["images"])
     assert any(t.startswith("weights/") for t in tags["histograms"])
-    assert any(t.startswith("batchnorm/") and t.endswith("running_var") for t in tags["histograms"])
+    assert any(t.startswith("running_stats/") and t.endswith("running_var") for t in tags["histograms"])
     hparams = set()  # hparams in the run's own folder, no sub-run
     for content in events.PluginTagToContent("hparams").values():
         hparams |= set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
@@ -85,11 +85,12 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(run_dir: Path) -> None
 def test_feature_maps_of_every_conv_layer_for_two_test_images(run_dir: Path) -> None:
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
     events.Reload()
-    assert {t for t in events.Tags()["images"] if t.startswith("features/")} == {"features/conv1", "features/conv2"}
-    conv1 = events.Images("features/conv1")[-1]
+    assert {t for t in events.Tags()["images"] if t.startswith("pictures/features_")} == \
+        {"pictures/features_conv1", "pictures/features_conv2"}
+    conv1 = events.Images("pictures/features_conv1")[-1]
     # 20 maps of 28 x 28 in a 5 x 4 grid (2 pixels between tiles), 4 pixels after it, two images side by side
     assert (conv1.width, conv1.height) == (2 * (5 * 30 + 2 + 4), 4 * 30 + 2)
-    conv2 = events.Images("features/conv2")[-1]  # 50 maps of 14 x 14, shown at 28 x 28: an 8 x 7 grid
+    conv2 = events.Images("pictures/features_conv2")[-1]  # 50 maps of 14 x 14, shown at 28 x 28: an 8 x 7 grid
     assert (conv2.width, conv2.height) == (2 * (8 * 30 + 2 + 4), 7 * 30 + 2)
 
 
@@ -98,7 +99,7 @@ def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_v
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     # trainer.log_every_n_steps=2 over 8 steps: the first step and every second
-    assert [e.step for e in events.Scalars("train/loss_step")] == [1, 2, 4, 6, 8]
+    assert [e.step for e in events.Scalars("loss/train_step")] == [1, 2, 4, 6, 8]
     lr = events.Scalars("lr")
     assert [e.step for e in lr] == [1, 2, 4, 6, 8]
     # the cosine schedule over the 8 steps from sgd's 0.05, each step's own rate
@@ -107,8 +108,8 @@ def test_loss_and_learning_rate_are_curves_per_step_and_charts_pair_train_with_v
     config = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     charts = {chart.title: list(chart.multiline.tag) for category in layout_pb2.Layout.FromString(config).category
               for chart in category.chart}
-    assert charts["loss (train, val)"] == ["train/loss", "val/loss"]
-    assert charts["accuracy (train, val)"] == ["train/acc", "val/acc"]
+    assert charts["loss (train, val)"] == ["loss/train", "loss/val"]
+    assert charts["accuracy (train, val)"] == ["accuracy/train", "accuracy/val"]
     assert charts["learning rate per step"] == ["lr"]
 
 
