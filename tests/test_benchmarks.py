@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from helpers import ONE_THREAD, NO_GPU, user_env, write_idx
+from helpers import BIN, ONE_THREAD, NO_GPU, user_env, write_idx
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -26,9 +27,17 @@ TINY_ARGS = {
     "speed.py": ["--root", "{root}", "--epochs", "2", "--batches", "2", "--repeats", "2"],
     "throughput.py": ["--epochs", "2", "--batches", "2", "--batch-size", "4", "--models", "resnet20",
                       "--precisions", "32"],
+    "augment.py": ["{pngs}/train", "24", "0", "cpu"],
     "gpu.sh": [],  # with QUICK=1 DEVICE=cpu ROOT={root} below
+    "transfer.sh": [],  # on the PNG tree, with the sizes below
 }
-GPU_SH_ENV = {"QUICK": "1", "DEVICE": "cpu", "ROOT": "{root}"}
+SH_ENV = {"gpu.sh": {"QUICK": "1", "DEVICE": "cpu", "ROOT": "{root}"},
+          "transfer.sh": {"CIFAR": "{pngs}", "WORK": "{tmp}/work", "TRAIN": str(BIN / "cnn-train"),
+                          "PRE_IMAGES": "8", "FEW_IMAGES": "4", "PRE_EPOCHS": "1", "SEEDS": "0",
+                          "EXTRA": "trainer.fit_to_data=false trainer.epochs=1 trainer.batch_size=8 "
+                                   "scheduler.warmup_epochs=0 "
+                                   "trainer.limit_train_batches=1 trainer.log_graph=false trainer.log_images=false"}}
+CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
 def test_every_benchmark_has_tiny_arguments():
@@ -43,14 +52,27 @@ def test_every_benchmark_has_tiny_arguments():
 def test_benchmark_runs(name: str, tmp_path: Path):
     root = tmp_path / "data"
     write_idx(root / "MNIST" / "raw", n_train=6000, n_test=100)  # 5,000 of them: the default val_size
-    fill = lambda text: text.format(root=root, tmp=tmp_path)  # noqa: E731
+    pngs = _png_tree(tmp_path / "pngs")
+    fill = lambda text: text.format(root=root, tmp=tmp_path, pngs=pngs)  # noqa: E731
     args = [fill(arg) for arg in TINY_ARGS[name]]
     env = {**ONE_THREAD, **NO_GPU, "PYTHON": sys.executable}
     if name.endswith(".sh"):
         command = ["bash", str(BENCHMARKS / name)]
-        env.update({key: fill(value) for key, value in GPU_SH_ENV.items()})
+        env.update({key: fill(value) for key, value in SH_ENV[name].items()})
     else:
         command = [sys.executable, str(BENCHMARKS / name), *args]
     proc = subprocess.run(command, cwd=tmp_path, env=user_env(env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _png_tree(root: Path) -> Path:
+    """CIFAR-10's layout in miniature: train/ and test/ class folders of 16x16 RGB PNGs."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for c in CIFAR_CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
