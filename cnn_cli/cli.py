@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
-from cnn_cli import data, distributed, rundir, schema, streams, sweep, trust
+from cnn_cli import data, distributed, rundir, schema, streams, sweep, userconfig
 from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
                             want_traceback)
 from cnn_cli.summary import format_table
@@ -93,7 +93,7 @@ def main(app: Callable[[], Any]) -> None:
     register()
     try:
         try:
-            trust.check_command_line(sys.argv[1:])
+            sys.argv[1:] = userconfig.take_config_dirs(sys.argv[1:])  # read by us, never on Hydra's search path
             app()
         except Refused as refused:
             raise refused.args[0] from None
