@@ -111,15 +111,15 @@ def _check_command_line(argv: list[str]) -> None:
                         "to continue a run: cnn-train resume=RUN")
     for override in args.overrides:
         try:
-            key = OverridesParser.create().parse_override(override).key_or_group
+            parsed = OverridesParser.create().parse_override(override)
         except Exception:  # noqa: BLE001  a syntax error: Hydra says where
             continue
-        group, _, package = key.partition("@")
+        group, package = parsed.key_or_group, parsed.package or ""
         if group == "hydra" or group.startswith("hydra.searchpath"):
             raise UserError(f"{override.split('=', 1)[0]}: configs of your own are read by cnn-cli, not from "
                             "Hydra's search path; add them with --config-dir DIR")
         if package.split(".")[0] in ("hydra", "_global_"):
-            raise UserError(f"{key}: a config stays in its own group; choose it with {group}=NAME")
+            raise UserError(f"{group}@{package}: a config stays in its own group; choose it with {group}=NAME")
 
 
 def load_config_dir(folder: Path) -> dict[tuple[str, str], Any]:
