@@ -25,6 +25,8 @@ comment like any other; Hydra's own settings come only from the command line typ
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import stat
@@ -58,7 +60,7 @@ SEARCH_PLUGINS = ("/hydra/sweeper", "/hydra/sweeper/sampler")  # what a search's
 MAX_FILE_BYTES = 1_000_000  # a model of 10,000 layers is about 300 kB of YAML
 MAX_DEPTH = 100  # nested mappings and lists; the builder's own limit (blocks 20 deep) is about 62
 MAX_VALUES = 200_000  # after aliases expand; a 10,000-layer model is about 50,000
-CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+MAX_INTERPOLATED_CHARS = 1_000  # ${dataset.num_classes} is 22
 _PACKAGE_LINE = re.compile(r"^\s*#\s*@package\s+(\S*)", re.MULTILINE)
 _NODE_INTERPOLATION = re.compile(r"^\$\{(\.*)([A-Za-z_][\w-]*)(\.[A-Za-z_][\w-]*)*\}$")
 
@@ -97,7 +99,8 @@ def _check_command_line(argv: list[str]) -> None:
     parser = get_args_parser()
     parser.exit_on_error = False
     try:
-        args, _ = parser.parse_known_args(argv)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # --version
+            args, _ = parser.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):  # Hydra reports its own usage errors
         return
     if args.config_dir is not None:  # a spelling _split_config_dirs does not know
@@ -264,7 +267,7 @@ def _check_recipe(path: Path, group: str, body: dict[str, Any]) -> None:
     """An experiment or search sets training keys, and under hydra.sweeper only what SWEEPER_KEYS allow."""
     for key in body:
         if key not in (*TRAINING_KEYS, "hydra"):
-            raise UserError(f"{path}: key '{key}': an {group} config may set only {', '.join(TRAINING_KEYS)} "
+            raise UserError(f"{path}: key '{_cut(key)}': an {group} config may set only {', '.join(TRAINING_KEYS)} "
                             "(and hydra.sweeper.params)")
     hydra_node = body.get("hydra", {})
     allowed = SWEEPER_KEYS[group]
@@ -275,9 +278,10 @@ def _check_recipe(path: Path, group: str, body: dict[str, Any]) -> None:
     sweeper = hydra_node.get("sweeper", {})
     for key, value in sweeper.items():
         if key not in allowed:
-            raise UserError(f"{path}: key 'hydra.sweeper.{key}': an {group} config may set only hydra.sweeper."
+            name = _cut(str(key))
+            raise UserError(f"{path}: key 'hydra.sweeper.{name}': an {group} config may set only hydra.sweeper."
                             f"{{{', '.join(allowed)}}}; where a search is stored and how it is launched are the "
-                            f"command line's (hydra.sweeper.{key}=...)")
+                            f"command line's (hydra.sweeper.{name}=...)")
         if key == "sampler" and not (isinstance(value, dict)
                                      and all(isinstance(v, (int, float, str, bool)) for v in value.values())):
             raise UserError(f"{path}: key 'hydra.sweeper.sampler': give only the sampler's settings, e.g. seed: 0")
@@ -292,10 +296,10 @@ def _check_params(path: Path, params: Any) -> None:
     for key, value in params.items():
         root = re.split(r"[./]", str(key).lstrip("+~"), maxsplit=1)[0]
         if root not in TRAINING_KEYS or "@" in str(key):
-            raise UserError(f"{path}: key 'hydra.sweeper.params.{key}': a sweep varies only training keys "
+            raise UserError(f"{path}: key 'hydra.sweeper.params.{_cut(str(key))}': a sweep varies only training keys "
                             f"({', '.join(TRAINING_KEYS)}), in their own place")
         if not isinstance(value, (str, int, float, bool)) or "$" in str(value):
-            raise UserError(f"{path}: key 'hydra.sweeper.params.{key}': sweep values are plain text like "
+            raise UserError(f"{path}: key 'hydra.sweeper.params.{_cut(str(key))}': sweep values are plain text like "
                             "'choice(64, 128)' or 'interval(0.001, 0.1)', without interpolations")
 
 
@@ -308,18 +312,18 @@ def _check_values(path: Path, node: Any, key: str) -> None:
         for name, value in node.items():
             full = f"{key}.{name}" if key else str(name)
             if not isinstance(name, (str, int)):
-                raise UserError(f"{path}: key '{full}': keys are names or numbers")
+                raise UserError(f"{path}: key '{_cut(full)}': keys are names or numbers")
             if name in INSTANTIATE_KEYS:
-                raise UserError(f"{path}: key '{full}': a config from a file may not name Python code to run (an "
+                raise UserError(f"{path}: key '{_cut(full)}': a config from a file may not name Python code to run (an "
                                 "optimizer or scheduler names its torch.optim class with name: SGD, name: StepLR)")
             if isinstance(name, str) and "$" in name:
-                raise UserError(f"{path}: key '{full}': a key may not hold an interpolation")
+                raise UserError(f"{path}: key '{_cut(full)}': a key may not hold an interpolation")
             _check_values(path, value, full)
     elif isinstance(node, str):
         _check_interpolations(path, key, node)
     elif not isinstance(node, (int, float, bool, type(None))):
-        raise UserError(f"{path}: key '{key}': a {type(node).__name__} is not a config value; use text, a number, "
-                        "true/false, a list or a mapping")
+        raise UserError(f"{path}: key '{_cut(key)}': a {type(node).__name__} is not a config value; use text, "
+                        "a number, true/false, a list or a mapping")
 
 
 def _check_interpolations(path: Path, key: str, text: str) -> None:
@@ -327,24 +331,26 @@ def _check_interpolations(path: Path, key: str, text: str) -> None:
     `${hydra:...}`, ...) would run at compose time on what the file says."""
     if "$" not in text:
         return
-    shown = text if len(text) <= 80 else text[:77] + "..."
+    where = f"{path}: key '{_cut(key)}': '{_cut(text)}'"
+    if len(text) > MAX_INTERPOLATED_CHARS:  # parsing it would take seconds
+        raise UserError(f"{where}: text with an interpolation is at most {MAX_INTERPOLATED_CHARS:,} characters")
     try:
         tree = grammar_parser.parse(text)
     except GrammarParseError:
-        raise UserError(f"{path}: key '{key}': '{shown}' is not a valid interpolation; write ${{group.key}}") from None
+        raise UserError(f"{where} is not a valid interpolation; write ${{group.key}}") from None
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, Grammar.InterpolationResolverContext):
-            raise UserError(f"{path}: key '{key}': '{shown}' calls the resolver '{node.resolverName().getText()}'; "
+            raise UserError(f"{where} calls the resolver '{_cut(node.resolverName().getText())}'; "
                             "a config from a file may use only ${group.key} interpolations (type resolvers such as "
                             "${oc.env:X} on the command line)")
         if isinstance(node, Grammar.InterpolationNodeContext):
             if _interpolation_root(key, node.getText()) not in TRAINING_KEYS:
-                raise UserError(f"{path}: key '{key}': '{shown}': a config from a file may refer only to the "
+                raise UserError(f"{where}: a config from a file may refer only to the "
                                 f"training keys ({', '.join(TRAINING_KEYS)}), e.g. ${{dataset.num_classes}}")
         if getattr(node, "symbol", None) is not None and node.symbol.type == Grammar.ESC_INTER:
-            raise UserError(f"{path}: key '{key}': '{shown}': an escaped interpolation (\\${{...}}) would become "
+            raise UserError(f"{where}: an escaped interpolation (\\${{...}}) would become "
                             "one later; a config from a file may use only ${group.key}")
         stack.extend(getattr(node, "children", None) or [])
 
@@ -357,6 +363,11 @@ def _interpolation_root(key: str, text: str) -> str | None:
     container = re.findall(r"[^.\[\]]+", key)[:-1]
     up = len(found.group(1)) - 1  # `.` is the value's own mapping, each further `.` its parent
     return container[0] if found.group(1) and up < len(container) else found.group(2)
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """A name or value from the file, short enough for a one-line message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_defaults(path: Path, group: str, defaults: Any) -> None:
@@ -372,11 +383,12 @@ def check_defaults(path: Path, group: str, defaults: Any) -> None:
         elif isinstance(entry, dict) and len(entry) == 1:
             target, choice = str(next(iter(entry))), next(iter(entry.values()))
         else:
-            raise UserError(f"{path}: defaults entry {entry!r}: expected a config name or one 'group: option'")
+            raise UserError(f"{path}: defaults entry {_cut(repr(entry))}: expected a config name or one "
+                            "'group: option'")
         target = re.sub(r"^(override|optional)\s+", "", target.strip())
         if _allowed_default(group, target, choice):
             continue
-        raise UserError(f"{path}: defaults entry '{target}' reaches outside {group}; a {group} config may choose "
+        raise UserError(f"{path}: defaults entry '{_cut(target)}' reaches outside {group}; a {group} config may choose "
                         f"only {_what_defaults_may_choose(group)}")
 
 
