@@ -60,7 +60,9 @@ SEARCH_PLUGINS = ("/hydra/sweeper", "/hydra/sweeper/sampler")  # what a search's
 MAX_FILE_BYTES = 1_000_000  # a model of 10,000 layers is about 300 kB of YAML
 MAX_DEPTH = 100  # nested mappings and lists; the builder's own limit (blocks 20 deep) is about 62
 MAX_VALUES = 200_000  # after aliases expand; a 10,000-layer model is about 50,000
+MAX_FOLDER_BYTES = 20_000_000  # all of a folder's configs
 MAX_INTERPOLATED_CHARS = 1_000  # ${dataset.num_classes} is 22
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9_][\w.-]*", re.ASCII)
 _PACKAGE_LINE = re.compile(r"^\s*#\s*@package\s+(\S*)", re.MULTILINE)
 _NODE_INTERPOLATION = re.compile(r"^\$\{(\.*)([A-Za-z_][\w-]*)(\.[A-Za-z_][\w-]*)*\}$")
 
@@ -70,8 +72,13 @@ def take_config_dirs(argv: list[str]) -> list[str]:
     return the command line without them, after refusing every other way to reach Hydra's search path."""
     rest, folders = _split_config_dirs(argv)
     _check_command_line(rest)
+    configs: dict[tuple[str, str], Any] = {}
     for folder in folders:
-        store(load_config_dir(folder))
+        for (group, name), content in load_config_dir(folder).items():
+            if (group, name) in configs:
+                raise UserError(f"{group}/{name}.yaml is in more than one --config-dir; keep one, or rename one")
+            configs[group, name] = content
+    store(configs)
     return rest
 
 
@@ -134,12 +141,16 @@ def load_config_dir(folder: Path) -> dict[tuple[str, str], Any]:
             raise UserError(f"{folder / name}: a config folder may not hold {name}/ configs (they would replace "
                             f"{'Hydra' if name == 'hydra' else 'cnn-cli'}'s own; Hydra's settings come from the "
                             "command line); remove the folder")
-    configs = {}
+    found: list[tuple[str, Path]] = []
     for group in (*OWN_PACKAGE_GROUPS, *RECIPE_GROUPS):
         if not (folder / group).is_dir():
             continue
         shipped = _shipped_names(group)
         for path in sorted((folder / group).iterdir()):
+            if path.name.startswith("."):  # an editor's lock or swap file, not a config
+                continue
+            if not _CONFIG_NAME.fullmatch(path.name):
+                raise UserError(f"{ascii(str(path))}: a config's name is letters, digits, _, - and .; rename it")
             if path.is_dir():
                 raise UserError(f"{path}: configs of a group sit directly in {folder / group}; move them there")
             if path.suffix == ".yml":
@@ -150,8 +161,10 @@ def load_config_dir(folder: Path) -> dict[tuple[str, str], Any]:
                 raise UserError(f"{path}: cnn-cli ships a {group} config named {path.stem}, which would be chosen "
                                 f"instead of yours; rename yours (e.g. my_{path.stem}.yaml) and choose "
                                 f"{group}=my_{path.stem}")
-            configs[group, path.stem] = read_config(path, group)
-    return configs
+            found.append((group, path))
+    if sum(path.stat().st_size for _, path in found if path.exists()) > MAX_FOLDER_BYTES:
+        raise UserError(f"{folder}: its configs hold more than {MAX_FOLDER_BYTES:,} bytes; is it the right folder?")
+    return {(group, path.stem): read_config(path, group) for group, path in found}
 
 
 def _shipped_names(group: str) -> set[str]:

@@ -195,6 +195,8 @@ REFUSED = {  # name: (files, what the one line says)
                                          ("at most 1,000 characters",)),
     "long_key_is_cut_in_the_message": ({"model/uc_a.yaml": "? " + "k" * 20_000 + "\n: {_target_: x}\n"},
                                        ("may not name Python code",)),
+    "newline_in_a_name": ({"model/a\nerror: forged.yaml": "name: x\n"}, ("\\n", "rename it")),
+    "equals_in_a_name": ({"model/a=b.yaml": "name: x\n"}, ("a=b.yaml", "letters, digits")),
     "top_level_list": ({"model/uc_a.yaml": "- relu\n"}, ("a mapping of keys to values, not a list",)),
 }
 
@@ -243,6 +245,21 @@ def test_the_store_gains_no_hydra_or_schema_option(tmp_path):
     assert {group: sorted(repo.get(group, {})) for group in ("hydra", "schema")} == before
     assert {ConfigStore.instance().load(f"{g}/uc_s.yaml").package for g in ("model", "experiment")} == {
         "model", "_global_"}
+
+
+def test_the_same_config_in_two_folders_is_refused(tmp_path):
+    write(tmp_path / "a", {"model/uc_twice.yaml": MY_MODEL})
+    write(tmp_path / "b", {"model/uc_twice.yaml": MY_MODEL, ".#uc_lock.yaml": "", "model/.uc.yaml.swp": ""})
+    with pytest.raises(UserError, match="model/uc_twice.yaml is in more than one --config-dir"):
+        userconfig.take_config_dirs(["-cd", str(tmp_path / "a"), "--config-dir", str(tmp_path / "b")])
+
+
+def test_a_folder_of_many_large_files_is_refused_before_any_is_read(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    for i in range(21):  # sparse: 1 MB each as the folder's listing says, nothing on the disk
+        with open(tmp_path / "dataset" / f"uc_big{i}.yaml", "wb") as file:
+            file.truncate(1_000_000)
+    refused(tmp_path, {}, "more than 20,000,000 bytes", "right folder")
 
 
 # ------------------------------------------------------------------------- the command line
