@@ -6,8 +6,10 @@ configs shared by a colleague or downloaded with a paper must reach neither, so 
 joins Hydra's search path: `--config-dir DIR` is taken off the command line, each
 `DIR/GROUP/NAME.yaml` is read by our own bounded YAML reader, checked against what its group
 may set, and stored in Hydra's ConfigStore as group GROUP, option NAME, in package GROUP.
-`model=NAME` then chooses it as it chooses a shipped config. A file's `# @package` line is a
-comment like any other; Hydra's own settings come only from the command line typed.
+`model=NAME` then chooses it as it chooses a shipped config. Hydra's own settings come only
+from the command line typed: `hydra.searchpath=`, `--config-path`, `--config-name` and
+`--experimental-rerun` are refused, and so are `DIR/hydra/` and `DIR/schema/`. A file's
+`# @package` line is a comment to us (one naming another package is refused: it would mislead).
 
 - `model/`, `dataset/`, `optimizer/`, `scheduler/`, `trainer/` files set only their group's node;
   `experiment/` files the training keys (and `hydra.sweeper.params`, the sweep they describe);
@@ -19,7 +21,8 @@ comment like any other; Hydra's own settings come only from the command line typ
   `oc.create` / `oc.decode` build nodes from strings no check sees, `hydra:` reads Hydra's
   settings. On the command line the user may still type any of them.
 - Work is bounded before it is done: file size, nesting depth, and values after YAML aliases expand.
-- A file with a shipped config's name is refused (the shipped one would win, silently).
+- A file with a shipped config's name is refused (the shipped one would win, silently), and so is
+  one config in two folders.
 """
 
 from __future__ import annotations
