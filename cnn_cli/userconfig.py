@@ -133,6 +133,10 @@ def _check_command_line(argv: list[str]) -> None:
                             "Hydra's search path; add them with --config-dir DIR")
         if package.split(".")[0] in ("hydra", "_global_"):
             raise UserError(f"{group}@{package}: a config stays in its own group; choose it with {group}=NAME")
+        chosen = override.split("=", 1)[-1]
+        if (group in (*OWN_PACKAGE_GROUPS, *RECIPE_GROUPS) or "/" in group) and ("/" in chosen or ".." in chosen):
+            raise UserError(f"{override}: choose the {group} config by its name; your own go in DIR/{group}/NAME.yaml, "
+                            "with --config-dir DIR")
 
 
 def load_config_dir(folder: Path) -> dict[tuple[str, str], Any]:
@@ -409,12 +413,9 @@ def check_defaults(path: Path, group: str, defaults: Any) -> None:
 
 
 def _allowed_default(group: str, target: str, choice: Any) -> bool:
-    if target.startswith("/schema/") and target.endswith("@_here_") and "/" + group + "/" in target + "/":
-        return choice is None and "@" not in target[: -len("@_here_")]
-    if "@" in target:
-        return False
-    if choice is None:  # another config of the same group, checked in its own right
-        return "/" not in target
+    """Names only: no `..` that could lead Hydra to a file outside its config folders."""
+    if choice is None:  # its group's schema, or another config of the same group, checked in its own right
+        return bool(re.fullmatch(rf"/schema/{group}(/[\w-]+)?@_here_|[\w-]+", target))
     if not (isinstance(choice, str) and re.fullmatch(r"[\w-]+", choice)):  # one option, by its name
         return False
     if group in RECIPE_GROUPS:

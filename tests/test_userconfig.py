@@ -179,6 +179,11 @@ REFUSED = {  # name: (files, what the one line says)
                                     ("reaches outside",)),
     "defaults_choice_interpolated": ({"experiment/uc_a.yaml": "defaults:\n  - override /model: ${oc.env:M}\n"},
                                      ("reaches outside",)),
+    "defaults_schema_path_traversal": ({"model/uc_a.yaml": "defaults:\n  - /schema/model/../../../tmp/x@_here_\n"},
+                                       ("reaches outside",)),
+    "defaults_plain_path_traversal": ({"model/uc_a.yaml": "defaults:\n  - ../../x\n"}, ("reaches outside",)),
+    "defaults_choice_path_traversal": ({"experiment/uc_a.yaml": "defaults:\n  - override /model: ../../x\n"},
+                                       ("reaches outside",)),
     "defaults_not_a_list": ({"model/uc_a.yaml": "defaults: {a: 1}\n"}, ("'defaults' must be a list",)),
     "target_in_a_layer": ({"model/uc_a.yaml": "layers:\n  - conv2d: {_target_: os.system}\n"},
                           ("model.layers[0].conv2d._target_", "may not name Python code")),
@@ -286,6 +291,9 @@ def test_a_folder_of_many_large_files_is_refused_before_any_is_read(tmp_path):
     (["--experimental=config.pickle"], "--experimental-rerun"),
     (["model@hydra.job_logging=lenet5"], "model@hydra.job_logging: a config stays in its own group"),
     (["experiment@_global_=smoke"], "a config stays in its own group"),
+    (["model=../../../../tmp/cfg/evil"], "choose the model config by its name"),
+    (["-m", "experiment=smoke,../x/evil"], "choose the experiment config by its name"),
+    (["hydra/job_logging=../../x"], "hydra/job_logging=../../x: choose"),
     (["--config-dir"], "--config-dir: give the folder"),
     (["--config-dir", "nowhere/at/all"], "--config-dir nowhere/at/all: no such folder"),
 ])
@@ -293,6 +301,12 @@ def test_other_routes_to_hydras_search_path_are_refused(args, expect):
     with pytest.raises(UserError) as err:
         userconfig.take_config_dirs(args)
     assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paths_where_paths_belong_pass(tmp_path):
+    args = ["resume=outputs/2026-12-01/10-00-00", "init_from=../runs/best.pt", "dataset.root=../data", "-m",
+            "optimizer.lr=0.01,0.1", "hydra.run.dir=../elsewhere", "hydra/launcher=joblib"]
+    assert userconfig.take_config_dirs(args) == args
 
 
 def test_what_argparse_would_read_as_a_folder_option_is_never_passed_on(tmp_path):
