@@ -417,6 +417,8 @@ CASES: dict[str, Case] = {
     "quoted_searchpath": train(
         SAMPLE, "hydra.searchpath=['file://cfg']", setup=_configs({"hydra/default.yaml": CALLBACK.split("\n", 1)[1]}),
         expect=("hydra.searchpath", "--config-dir DIR")),
+    "group_choice_is_a_path": train(  # Hydra would read any YAML file there, its '# @package _global_' and all
+        SAMPLE, "model=../../../../../../../../../../tmp/evil", expect=("choose the model config by its name",)),
     "own_config_with_a_shipped_name": summary(
         "--config-dir", "cfg", "model=lenet5", setup=_configs({"model/lenet5.yaml": "name: mine\nlayers: [flatten]\n"}),
         expect=("cfg/model/lenet5.yaml", "ships a model config named lenet5", "model=my_lenet5")),
