@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
-from cnn_cli import bounds, data, distributed, rundir, schema, streams, sweep, trust
+from cnn_cli import bounds, data, distributed, rundir, schema, streams, sweep, userconfig
 from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
                             want_traceback)
 from cnn_cli.summary import format_table
@@ -110,7 +110,7 @@ def register() -> None:
 def _compose_once(argv: list[str]) -> None:
     """Hydra composes the whole config once only to read hydra.mode, then again to run (a
     fifth of a second or more, README, Performance). Here hydra.mode can come only from the
-    command line (trust.py: no config file reaches hydra.*), so without it there the answer
+    command line (userconfig.py: no config file reaches hydra.*), so without it there the answer
     is known, Hydra's own default (null: -m decides): skip that first compose."""
     if not any(arg.lstrip("+~").split("=", 1)[0] == "hydra.mode" for arg in argv):
         Hydra.get_mode = lambda self, config_name, overrides: None
@@ -130,7 +130,7 @@ def main(app: Callable[[], Any]) -> None:
     try:
         try:
             bounds.check_arguments(sys.argv[1:])
-            trust.check_command_line(sys.argv[1:])
+            sys.argv[1:] = userconfig.take_config_dirs(sys.argv[1:])  # read by us, never on Hydra's search path
             _compose_once(sys.argv[1:])
             app()
         except Refused as refused:

@@ -133,6 +133,10 @@ hydra:
 model:
   name: evil
 """
+TWO_HEADERS = ("# @package model\n# @package _global_\nhydra:\n  job_logging:\n    handlers:\n      file:\n"
+               "        class: logging.FileHandler\n        filename: victim.txt\n        mode: w\n")
+OC_CREATE = ("hydra:\n  callbacks: \"${oc.create:'{wipe: {_target_: builtins.open, file: victim.txt, mode: w}}'}\"\n"
+             "trainer: {epochs: 1}\n")
 NESTED = "name: deep\nlayers: " + "[{residual: {layers: " * 25 + "[relu]" + "}}]" * 25 + "\n"
 
 
@@ -395,10 +399,10 @@ CASES: dict[str, Case] = {
     # ---- a config folder from someone else is data (issue 13)
     "model_config_sets_hydra_callbacks": summary(
         "--config-dir", "cfg", "model=evil", setup=_configs({"model/evil.yaml": CALLBACK}),
-        expect=("cfg/model/evil.yaml", "'# @package _global_'", "may set only model.*")),
+        expect=("cfg/model/evil.yaml", "'# @package _global_'", "sets only model.*")),
     "experiment_sets_hydra_callbacks": train(
         SAMPLE, "--config-dir", "cfg", "experiment=evil", setup=_configs({"experiment/evil.yaml": CALLBACK}),
-        expect=("cfg/experiment/evil.yaml", "key 'hydra'", "may set only model, dataset")),
+        expect=("cfg/experiment/evil.yaml", "key 'hydra'", "Hydra's other settings come from the command line")),
     "experiment_sets_job_logging": summary(
         "--config-dir", "cfg", setup=_configs({"experiment/log.yaml": "# @package _global_\nhydra:\n  job_logging:\n"
                                                 "    root: {level: INFO}\n"}),
@@ -413,11 +417,34 @@ CASES: dict[str, Case] = {
         expect=("cfg/model/d.yaml", "defaults entry '/hydra/job_logging' reaches outside model")),
     "shadowing_a_hydra_plugin_config": summary(
         "--config-dir", "cfg", setup=_configs({"hydra/launcher/basic.yaml": "_target_: os.system\n"}),
-        expect=("cfg/hydra/launcher/basic.yaml", "may not hold hydra/ configs")),
+        expect=("cfg/hydra", "may not hold hydra/ configs")),
     "shadowing_cnn_trains_hydra_settings": train(  # train.yaml chooses hydra/default: ours, never the folder's
         SAMPLE, "--config-dir", "cfg", setup=_configs(
             {"hydra/default.yaml": "callbacks:\n  wipe: {_target_: builtins.open, file: victim.txt, mode: w}\n"}),
-        expect=("cfg/hydra/default.yaml", "may not hold hydra/ configs")),
+        expect=("cfg/hydra", "may not hold hydra/ configs")),
+    # issue 21: the folder is read by cnn-cli, never by Hydra, so no header, string or folder alias reaches hydra.*
+    "two_package_headers": train(
+        SAMPLE, "--config-dir", "cfg", "model=evil", setup=_configs({"model/evil.yaml": TWO_HEADERS}),
+        expect=("cfg/model/evil.yaml", "'# @package _global_'", "remove that line")),
+    "callback_built_from_a_string": train(
+        SAMPLE, "--config-di", "cfg", "experiment=evil", setup=_configs({"experiment/evil.yaml": OC_CREATE}),
+        expect=("cfg/experiment/evil.yaml", "key 'hydra'")),
+    "search_params_set_hydra_keys": train(
+        SAMPLE, "-m", "--config-dir", "cfg", "hparams_search=evil", setup=_configs({"hparams_search/evil.yaml": (
+            "hydra:\n  sweeper:\n    params:\n      hydra.job_logging.handlers.file.filename: victim.txt\n")}),
+        expect=("cfg/hparams_search/evil.yaml", "hydra.sweeper.params.hydra.job_logging", "only training keys")),
+    "search_storage_outside_the_sweep": train(
+        SAMPLE, "-m", "-cd", "cfg", "hparams_search=evil", setup=_configs({"hparams_search/evil.yaml": (
+            "hydra:\n  sweeper:\n    storage: sqlite:///victim.txt\n")}),
+        expect=("hydra.sweeper.storage", "command line's")),
+    "quoted_searchpath": train(
+        SAMPLE, "hydra.searchpath=['file://cfg']", setup=_configs({"hydra/default.yaml": CALLBACK.split("\n", 1)[1]}),
+        expect=("hydra.searchpath", "--config-dir DIR")),
+    "group_choice_is_a_path": train(  # Hydra would read any YAML file there, its '# @package _global_' and all
+        SAMPLE, "model=../../../../../../../../../../tmp/evil", expect=("choose the model config by its name",)),
+    "own_config_with_a_shipped_name": summary(
+        "--config-dir", "cfg", "model=lenet5", setup=_configs({"model/lenet5.yaml": "name: mine\nlayers: [flatten]\n"}),
+        expect=("cfg/model/lenet5.yaml", "ships a model config named lenet5", "model=my_lenet5")),
     "yaml_syntax_error": summary(
         "--config-dir", "cfg", "model=bad", setup=_configs({"model/bad.yaml": "name: bad\nlayers: [relu\n"}),
         expect=("cfg/model/bad.yaml", "line ", "not valid YAML")),
