@@ -468,7 +468,7 @@ CASES: dict[str, Case] = {
         "cnn-eval", ("checkpoint=edited.pt",),
         ("the checkpoint's dataset 'mnist' is not in data/ (root= not given)", "data/MNIST/raw (train-images-idx3",
          "with root=DIR", "dataset.fallback=true"),
-        _edited_checkpoint(_author_paths), needs_run=True, reject=("author",)),
+        _edited_checkpoint(_author_paths), needs_run=True, reject=("author/data",)),
     "bad_job_logging": train(
         SAMPLE, "hydra.job_logging.root.level=LOUD",
         expect=("hydra.job_logging: Unable to configure root logger", "Unknown level: 'LOUD'", "leave it out")),
