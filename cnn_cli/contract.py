@@ -23,7 +23,6 @@ VERSION = 1
 LAYOUTS = {2: "NCL", 3: "NCHW", 4: "NCDHW"}  # by the rank of one sample
 MAX_BYTES = 8 * 1024 * 1024  # 100,000 class names fit; a larger sidecar is refused unread
 MAX_SIZE = 65_536  # per axis of one sample
-STEPS = ("resize", "crop", "scale", "normalize")  # what an exported file may do itself (its `in_model`)
 DECODE = ("Pillow: EXIF orientation applied, palette expanded, alpha dropped, 16-bit pixels shifted to 8 (>> 8), "
           "JPEG decoded at full scale (no draft mode)")
 RESIZED = {  # how each policy brings an image of another size to input_shape's H x W (Pillow, images._fit)
