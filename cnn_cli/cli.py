@@ -270,7 +270,8 @@ def _eval(cfg: DictConfig) -> None:
         raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt (or a run "
                         "folder)")
     report = run_eval(cfg)
-    print(json.dumps({k: report[k] for k in ("split", "loss", "accuracy")}))
+    print(json.dumps({k: report[k] for k in ("split", "dataset", "loss", "accuracy", "recorded_accuracy")}
+                     | {"fallback": report["test_set"]["fallback"]}))
 
 
 def evaluate() -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 from cnn_cli import augment as augment_mod, bounds, idx, imagefolder
-from cnn_cli.errors import UserError
+from cnn_cli.errors import DataMissing, UserError
 
 if TYPE_CHECKING:
     from torchvision.datasets import VisionDataset
@@ -67,6 +67,7 @@ class Data:
     mean: Tensor  # (C,), on the device
     std: Tensor
     skipped_files: int | None = None  # dataset=imagefolder: unreadable files left out
+    where: str = ""  # where the samples were read: a folder, the bundled file, "random pixels"
 
     @property
     def sample_rank(self) -> int:
@@ -81,8 +82,8 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     mean, std = (torch.tensor(values, device=device) for values in channel_stats(cfg))
     if opened is not None:  # dataset=imagefolder: split by the tree or stratified, and maybe mapped: its own reader
         splits, skipped = imagefolder.read(cfg, device, *opened)
-        return Data(*(Split(*split) for split in splits), cfg.name, mean, std, skipped)
-    train_x, train_y, test_x, test_y, name = _read(cfg)
+        return Data(*(Split(*split) for split in splits), cfg.name, mean, std, skipped, str(opened[0].root))
+    train_x, train_y, test_x, test_y, name, where = _read(cfg)
     _check_contents(name, cfg.num_classes, (train_y, "training"), (test_y, "test"))
     if tuple(train_x.shape[1:]) != tuple(cfg.input_shape):
         raise UserError(f"dataset.input_shape is {list(cfg.input_shape)} but the {name} samples are "
@@ -98,7 +99,7 @@ def load(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
 
     # val_size=0: train_idx is 0, 1, ..., N - 1, so the whole set as it is, without a copy
     train = split(train_x, train_y) if not val_size else split(train_x[train_idx], train_y[train_idx])
-    return Data(train, split(train_x[val_idx], train_y[val_idx]), split(test_x, test_y), name, mean, std)
+    return Data(train, split(train_x[val_idx], train_y[val_idx]), split(test_x, test_y), name, mean, std, where=where)
 
 
 # Pixels drawn uniformly from 0..255 scale to [0, 1], whose mean is 1/2 and std 1/sqrt(12).
@@ -194,12 +195,13 @@ def _check_contents(name: str, num_classes: int, *splits: tuple[Tensor, str]) ->
                             f"{num_classes}); fix the labels or dataset.num_classes")
 
 
-def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
-    """Train and test samples (N x C x ...) and labels, from torchvision or the package's assets."""
+def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str, str]:
+    """Train and test samples (N x C x ...) and labels, from torchvision or the package's assets,
+    with the name of what was read and where."""
     if cfg.source in BUNDLED:
-        return (*_read_bundled(cfg.source), cfg.name)
+        return (*_read_bundled(cfg.source), cfg.name, _bundled_file(cfg.source))
     if cfg.source == RANDOM:
-        return (*_read_random(cfg), cfg.name)
+        return (*_read_random(cfg), cfg.name, "random pixels (seed 0)")
     if cfg.source not in SOURCES:
         raise UserError(f"dataset.source '{cfg.source}' is not one of "
                         f"{', '.join([*SOURCES, *BUNDLED, RANDOM, IMAGEFOLDER])}")
@@ -220,16 +222,17 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     except _Missing as missing:
         if cfg.get("fallback", False) and cfg.source == "MNIST":  # the bundled sample is MNIST
             _warn_fallback(cfg, root, missing)
-            return (*_read_bundled(SAMPLE), FALLBACK_NAME)
-        raise UserError(f"dataset '{cfg.name}': {missing} in {_folder(cls, root)}; expected "
-                        f"{', '.join(_expected_files(cls))} (torchvision's layout). Run once with network "
-                        "(dataset.download=true) or copy them there, or set dataset.root") from None
+            return (*_read_bundled(SAMPLE), FALLBACK_NAME, _bundled_file(SAMPLE))
+        raise DataMissing(f"dataset '{cfg.name}': {missing} in {_folder(cls, root)}; expected "
+                          f"{', '.join(_expected_files(cls))} (torchvision's layout). Run once with network "
+                          "(dataset.download=true) or copy them there, or set dataset.root",
+                          f"{_folder(cls, root.resolve())} ({', '.join(_expected_files(cls))})") from None
     for split in (train, test):
         if len(split.data) != len(split.targets):
             raise UserError(f"dataset '{cfg.name}': the {'train' if split.train else 'test'} files in "
                             f"{_folder(cls, root)} hold {len(split.data)} images but {len(split.targets)} labels; "
                             "one of them is from another dataset or damaged: delete them and download again")
-    return (*_tensors(train), *_tensors(test), cfg.name)
+    return (*_tensors(train), *_tensors(test), cfg.name, str(_folder(cls, root.resolve())))
 
 
 def _source(name: str) -> type[VisionDataset]:
@@ -340,6 +343,10 @@ def _tensors(dataset: VisionDataset) -> tuple[Tensor, Tensor]:
     return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
+def _bundled_file(source: str) -> str:
+    return f"{BUNDLED[source]} (bundled with cnn-cli)"
+
+
 def _read_bundled(source: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     path = resources.files("cnn_cli") / "assets" / BUNDLED[source]
     with resources.as_file(path) as file, np.load(file) as npz:
@@ -366,7 +373,7 @@ def _warn_fallback(cfg: DictConfig, root: Path, missing: _Missing) -> None:
     rule = "=" * 78
     log.warning(
         "\n%s\nFull %s could not be found or downloaded: %s.\n  looked in: %s\n"
-        "This run trains on the bundled 5,000-digit MNIST sample instead (recorded as '%s').\n"
+        "The bundled 5,000-digit MNIST sample is used instead (recorded as '%s').\n"
         "Put the files there or set dataset.root=...; dataset.fallback=false makes this an error.\n%s",
         rule, cfg.source, missing, _folder(_source(cfg.source), root.resolve()), FALLBACK_NAME, rule,
     )

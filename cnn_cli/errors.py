@@ -25,6 +25,15 @@ class UserError(Exception):
     """Bad input (config, file, path): printed as one line with the fix, exit status 2."""
 
 
+class DataMissing(UserError):
+    """A dataset's files are not where they were looked for: `looked_in` names the folder, so
+    that a tool with its own way to point at data (cnn-eval's root=) can say it."""
+
+    def __init__(self, message: str, looked_in: str) -> None:
+        super().__init__(message)
+        self.looked_in = looked_in
+
+
 class Refused(BaseException):
     """A UserError raised where Hydra would catch an Exception and only warn (its callbacks):
     carried past it to the command's top level, which reports the UserError inside."""

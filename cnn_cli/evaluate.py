@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cnn_cli import checkpoint, data as data_mod, distributed, runtime
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
-from cnn_cli.errors import UserError
+from cnn_cli.errors import DataMissing, UserError
 from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
     trained = load_trained(cfg.checkpoint)
     path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
-    _data_from_root(train_cfg.dataset, cfg.root)
+    _data_from_root(train_cfg.dataset, cfg.root, cfg.dataset.fallback)
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
@@ -107,7 +107,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     # the run's own batch size, precision and memory format: the same numbers, to the last digit
     memory_format = runtime.memory_format(train_cfg.trainer.channels_last, len(train_cfg.dataset.input_shape))
     runtime.to_memory_format(model.to(device), memory_format)
-    data = data_mod.load(train_cfg.dataset, device)
+    recorded_name = str(train_cfg.dataset.name)
+    try:
+        data = data_mod.load(train_cfg.dataset, device)
+    except DataMissing as missing:
+        raise UserError(_not_found(recorded_name, str(train_cfg.dataset.source), cfg.root, missing)) from None
     split = data.test if cfg.split == "test" else data.val
     if not len(split):
         raise UserError("split=val: this run held out no validation split (dataset.val_size=0); use split=test")
@@ -118,13 +122,21 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
+    fallback = data.name == data_mod.FALLBACK_NAME
+    recorded = recorded_accuracy(path, cfg.split)
     report: dict[str, Any] = {
-        "checkpoint": str(path), "split": cfg.split, "dataset": data.name, "loss": result.loss,
-        "accuracy": result.accuracy, "per_class_accuracy": dict(zip(classes, _per_class(matrix))),
-        "confusion_matrix": matrix.tolist(),
+        "checkpoint": str(path), "split": cfg.split, "dataset": data.name,
+        "test_set": {"name": data.name, "split": cfg.split, "count": len(split), "read_from": data.where,
+                     "fallback": fallback},
+        "loss": result.loss, "accuracy": result.accuracy, "recorded_accuracy": recorded,
+        "per_class_accuracy": dict(zip(classes, _per_class(matrix))), "confusion_matrix": matrix.tolist(),
     }
-    log.info("%s on %s %s (%d images): loss %.4f, accuracy %.4f", train_cfg.model.name, data.name, cfg.split,
-             len(split), result.loss, result.accuracy)
+    swapped = (f" (dataset.fallback=true: the bundled sample, NOT the test set of the checkpoint's dataset "
+               f"'{recorded_name}')") if fallback else ""
+    log.info("evaluated on %s %s: %d images read from %s%s", data.name, cfg.split, len(split), data.where, swapped)
+    log.info("%s: loss %.4f, accuracy %.4f; %s", train_cfg.model.name, result.loss, result.accuracy,
+             f"the run recorded {recorded:.4f} on its own {recorded_name} {cfg.split} set" if recorded is not None
+             else "no accuracy recorded by the run beside this checkpoint (its metrics.json is for best.pt)")
     log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
@@ -143,9 +155,12 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _data_from_root(dataset: DictConfig, root: str | None) -> None:
+def _data_from_root(dataset: DictConfig, root: str | None, fallback: bool) -> None:
     """Point the run's dataset config at root= (default data/): the data is looked for
-    there, never where the checkpoint's author kept it, and not downloaded."""
+    there, never where the checkpoint's author kept it, and not downloaded; the bundled
+    sample stands in for missing MNIST only when this evaluation asks (dataset.fallback=true),
+    whatever the run did."""
+    dataset.fallback = fallback
     if dataset.source == data_mod.IMAGEFOLDER:
         if not root:
             raise UserError("the run trained on a folder of images: give it with root=DIR (the same tree, so that "
@@ -153,6 +168,36 @@ def _data_from_root(dataset: DictConfig, root: str | None) -> None:
         dataset.cache_dir = None  # the cache goes in DIR or the user's cache folder, as for training
     dataset.root = root or "data"
     dataset.download = False
+
+
+def _not_found(name: str, source: str, root: str | None, missing: DataMissing) -> str:
+    """One line: the recorded dataset, where it was looked for, and the two ways on."""
+    where = f"root={root}" if root else "data/ (root= not given)"
+    instead = (", or dataset.fallback=true to evaluate on the bundled 1,000-digit MNIST sample instead (another test "
+               "set, and the report says so)") if source == "MNIST" else ""
+    return (f"the checkpoint's dataset '{name}' is not in {where}: looked in {missing.looked_in}; give the folder "
+            f"that holds it with root=DIR{instead}")
+
+
+METRICS_LIMIT = 16 * 1024 * 1024  # a run's metrics.json is kilobytes; a larger one is not read
+
+
+def recorded_accuracy(path: Path, split: str) -> float | None:
+    """The accuracy the checkpoint's run recorded for `split` (metrics.json's test_acc or
+    best_val_acc), which are best.pt's; None for another checkpoint or a record that is
+    missing or not what cnn-train writes (it came with the checkpoint: data, checked)."""
+    metrics = path.parent.parent / "metrics.json"
+    if path.name != "best.pt" or path.parent.name != "checkpoints" or not metrics.is_file():
+        return None
+    try:
+        if metrics.stat().st_size > METRICS_LIMIT:
+            return None
+        value = json.loads(metrics.read_text()).get("test_acc" if split == "test" else "best_val_acc")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        return None
+    return float(value)
 
 
 def _precision(asked: str | None, run_precision: str, device: torch.device) -> str:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, data as data_mod, outputs
+from cnn_cli import checkpoint, contract, data as data_mod, outputs
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # the largest logit difference from PyTorch a float32 export may show
 VERIFY_IMAGES = 64
 INPUT, OUTPUT = "images", "logits"
+CONTRACT = "preprocess"  # the metadata key (ONNX) or extra file (TorchScript, .pt2) of the contract
 
 
 class Deployable(nn.Module):
@@ -55,6 +56,7 @@ class Format:
     suffix: str  # the default file name: the checkpoint's, with this suffix
     write: Callable[[Deployable, Tensor, dict[str, str], DictConfig, BinaryIO], None]
     load: Callable[[Path], Callable[[Tensor], Tensor]]  # the format's own runtime
+    embedded: Callable[[Path], bytes | None]  # the preprocessing contract written into the file
 
 
 def _batch_dim() -> dict[str, dict[int, Any]]:
@@ -113,6 +115,13 @@ def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
     return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
 
 
+def _onnx_contract(path: Path) -> bytes | None:
+    import onnx
+
+    value = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}.get(CONTRACT)
+    return None if value is None else value.encode()
+
+
 def _write_torchscript(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, f: BinaryIO) -> None:
     with _asked_for_torchscript():
         torch.jit.save(torch.jit.trace(net, example), f, _extra_files=meta)
@@ -145,10 +154,25 @@ def _load_exported(path: Path) -> Callable[[Tensor], Tensor]:
         return torch.export.load(f).module()
 
 
+def _torchscript_contract(path: Path) -> bytes | None:
+    files = {CONTRACT: ""}
+    with _asked_for_torchscript():
+        torch.jit.load(str(path), _extra_files=files)
+    return files[CONTRACT] or None
+
+
+def _exported_contract(path: Path) -> bytes | None:
+    files = {CONTRACT: ""}
+    with open(path, "rb") as f:
+        torch.export.load(f, extra_files=files)
+    value = files[CONTRACT]
+    return (value.encode() if isinstance(value, str) else value) or None
+
+
 FORMATS = {
-    "onnx": Format(".onnx", _write_onnx, _load_onnx),
-    "torchscript": Format(".torchscript.pt", _write_torchscript, _load_torchscript),
-    "exported": Format(".pt2", _write_exported, _load_exported),
+    "onnx": Format(".onnx", _write_onnx, _load_onnx, _onnx_contract),
+    "torchscript": Format(".torchscript.pt", _write_torchscript, _load_torchscript, _torchscript_contract),
+    "exported": Format(".pt2", _write_exported, _load_exported, _exported_contract),
 }
 # what format=onnx imports: the extra `export` installs them
 ONNX_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxruntime first: imported without telemetry
@@ -159,7 +183,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format}: choose one of {', '.join(FORMATS)}")
     if cfg.format == "onnx":
-        _require_onnx()
+        require_onnx()
     if cfg.opset is not None and cfg.format != "onnx":
         raise UserError(f"opset={cfg.opset} is for format=onnx only; drop it")
     trained = load_trained(cfg.checkpoint)
@@ -168,9 +192,12 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if outputs.is_checkpoint(out):  # the default name beside a checkpoint named like an export
         raise UserError(f"{out} (the default output) is a checkpoint; give another file name with output=FILE")
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
-    raw, source = verification_samples(trained.config, cfg.root)
+    raw, source = verification_samples(trained.config, cfg.root, cfg.verify_inputs)
     feed = (lambda x: x) if cfg.preprocess else trained.normalize
-    meta = _metadata(trained, cfg.preprocess, raw.dtype)
+    spec = {**contract.of(trained.config.dataset),
+            "file": {"format": cfg.format, "input": INPUT, "output": OUTPUT, "input_dtype": str(feed(raw[:1]).dtype)
+                     .removeprefix("torch."), "in_model": ["scale", "normalize"] if cfg.preprocess else []}}
+    meta = {**_metadata(trained, cfg.preprocess, raw.dtype), CONTRACT: json.dumps(spec)}
     report: dict[str, Any] = {}
 
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
@@ -186,12 +213,19 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                             f"({first_line(err)[:200]}); nothing was written") from err
 
     checkpoint.write_file(out, write, check=verify)
-    report.update({"output": str(out), "format": cfg.format, "bytes": out.stat().st_size, "verified_on": source,
-                   "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess})
+    side = contract.sidecar(out)
+    try:
+        checkpoint.write_text(side, json.dumps(spec, indent=2) + "\n")
+    except UserError:
+        out.unlink(missing_ok=True)  # a model without its contract is not kept
+        raise
+    report.update({"output": str(out), "contract": str(side), "format": cfg.format, "bytes": out.stat().st_size,
+                   "verified_on": source,
+                   "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "contract_line": contract.describe(spec)})
     return report
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
     for name in ONNX_MODULES:
         try:
             _import_onnxruntime() if name == "onnxruntime" else __import__(name)
@@ -245,13 +279,23 @@ def _spec(name: str, example: Tensor) -> str:
     return f"{name} (N x {' x '.join(str(s) for s in example.shape[1:])}, {str(example.dtype).removeprefix('torch.')})"
 
 
-def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tensor, str]:
-    """Raw test samples (as the dataset stores them) to check an export on, without downloading or creating anything:
-    the checkpoint's own dataset if its files are in `root` (default data/), else the bundled MNIST sample if the
-    shape fits, else random pixels of the right shape."""
+def verification_samples(train_cfg: DictConfig, root: str | None, inputs: str | None = None) -> tuple[Tensor, str]:
+    """Raw test samples (as the dataset stores them) to check an export on, without downloading anything: image
+    files in `inputs` (verify_inputs=), prepared as the contract says; else the checkpoint's own dataset if its files
+    are in `root` (default data/; an image folder only where root= names it); else the bundled MNIST sample if the
+    shape fits, else random pixels of the right shape. Which one is said in the returned text."""
+    if inputs is not None:
+        return _samples_in(Path(inputs).expanduser(), inputs, train_cfg.dataset)
     # looked for here (as cnn-eval does), never where the checkpoint's author kept it
     dataset = OmegaConf.merge(train_cfg.dataset, {"root": root or "data", "download": False, "fallback": False})
-    # random data is drawn below, without its 60,000 images; an image folder would be decoded into a new cache
+    if dataset.source == data_mod.IMAGEFOLDER and root:
+        dataset.cache_dir = None  # the cache goes in root or the user's cache folder, as for training
+        data = data_mod.load(dataset)  # root= names the tree: what is wrong with it is said
+        split = next((s for s in (data.test, data.val, data.train) if len(s)))
+        images = split.images[:VERIFY_IMAGES]
+        which = "test" if split is data.test else "validation" if split is data.val else "training (none held out)"
+        return images, f"{len(images)} {which} images of root={root}"
+    # random data is drawn below, without its 60,000 images; an image folder needs root=
     if dataset.source not in (data_mod.RANDOM, data_mod.IMAGEFOLDER):
         try:
             images = data_mod.load(dataset).test.images[:VERIFY_IMAGES]
@@ -259,17 +303,42 @@ def verification_samples(train_cfg: DictConfig, root: str | None) -> tuple[Tenso
         except UserError:
             pass
     shape = tuple(dataset.input_shape)
+    hint = " (give root=DIR or verify_inputs=DIR to verify on your images)" * (dataset.source == data_mod.IMAGEFOLDER)
     if shape == (1, 28, 28):
         sample = OmegaConf.merge(dataset, {"source": data_mod.SAMPLE, "val_size": 1})
         images = data_mod.load(sample).test.images[:VERIFY_IMAGES]
-        return images, f"{len(images)} images of the bundled MNIST sample ({dataset.name} not found)"
+        return images, f"{len(images)} images of the bundled MNIST sample ({dataset.name} not found){hint}"
     gen = torch.Generator().manual_seed(0)
     if dataset.source in data_mod.FLOAT_SOURCES:  # readings: the file must take float32, as the dataset stores them
         images = torch.randn((VERIFY_IMAGES, *shape), generator=gen)
     else:
         images = torch.randint(0, 256, (VERIFY_IMAGES, *shape), dtype=torch.uint8, generator=gen)
-    missing = "" if dataset.source == data_mod.RANDOM else f" ({dataset.name} not found)"
+    missing = "" if dataset.source == data_mod.RANDOM else f" ({dataset.name} not found){hint}"
     return images, f"{VERIFY_IMAGES} random images{missing}"
+
+
+def _samples_in(folder: Path, given: str, dataset: DictConfig) -> tuple[Tensor, str]:
+    """Up to VERIFY_IMAGES image files of verify_inputs=DIR, decoded and resized by the model's contract."""
+    from cnn_cli import images
+
+    if not folder.is_dir():
+        raise UserError(f"verify_inputs={given} is not a folder; give a folder of image files to verify the export on")
+    spec = contract.of(dataset)
+    if spec["color"] is None:
+        raise UserError(f"verify_inputs={given}: the model takes {spec['samples']} samples of shape "
+                        f"{spec['input_shape']}, which no image file is; leave verify_inputs out")
+    shape, resize = contract.decode_shape(spec)
+    decoded = []
+    for path in images.image_files(folder):
+        try:
+            decoded.append(images.decode(path, shape, resize))
+        except images.Unreadable:
+            continue
+        if len(decoded) == VERIFY_IMAGES:
+            break
+    if not decoded:
+        raise UserError(f"verify_inputs={given} holds no readable image files ({', '.join(images.EXTENSIONS)})")
+    return torch.stack(decoded), f"{len(decoded)} images of verify_inputs={given}"
 
 
 def describe(report: dict[str, Any]) -> str:
@@ -278,6 +347,7 @@ def describe(report: dict[str, Any]) -> str:
         f"written {report['output']} ({report['format']}, {report['bytes'] / 1e6:.2f} MB; batchnorm "
         f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw' if report['preprocess'] else 'normalised'} input)",
         f"input {report['input_spec']} -> output {report['output_spec']}",
+        f"preprocessing contract {report['contract']}: {report['contract_line']}",
         f"verified with its own runtime on {report['verified_on']}: largest logit difference from PyTorch "
         f"{report['max_abs_difference']:.2e}, same predictions {report['same_predictions']}",
     ])

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from cnn_cli import bounds, checkpoint, images
-from cnn_cli.errors import UserError, first_line, printable
+from cnn_cli.errors import DataMissing, UserError, first_line, printable
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def scan(cfg: DictConfig) -> Listing:
     root = Path(cfg.root).expanduser()
     if not root.exists():
         where = "" if root.is_absolute() else f" (in {Path.cwd()}, where relative paths are looked up)"
-        raise UserError(f"dataset.root={cfg.root} does not exist{where}; give the folder of your images")
+        raise DataMissing(f"dataset.root={cfg.root} does not exist{where}; give the folder of your images", str(root))
     if not root.is_dir():
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; give the folder that holds <class>/ "
                         "folders of images")
@@ -342,7 +342,7 @@ def _decode_one(job: tuple[str, tuple[int, ...], str | None]) -> np.ndarray | st
     """One file's pixels as (C, H, W), or why it could not be read (a worker's job)."""
     path, shape, resize = job
     try:
-        pixels = images.decode_array(Path(path), shape, resize)
+        pixels = images.decode_array(Path(path), shape, resize, draft=True)  # speed; README states the difference
     except images.Unreadable as err:
         return str(err)
     except UserError as err:  # a size that no resize policy fits
@@ -432,7 +432,7 @@ def read(cfg: DictConfig, device: torch.device | str, listing: Listing, cache: C
     budget = (cfg.max_memory_gb if cfg.max_memory_gb is not None else default_memory_gb()) * 1e9
     mapped = cache.images.nbytes > budget
     if mapped:
-        log.info("image cache %.2f GB > dataset.max_memory_gb=%.2f: training from the memory map",
+        log.info("image cache %.2f GB > dataset.max_memory_gb=%.2f: batches are read from the memory map",
                  cache.images.nbytes / 1e9, budget / 1e9)
     array = torch.from_numpy(cache.images)
     splits = []

@@ -39,19 +39,21 @@ RESIZE = ("shorter_side_then_center_crop", "stretch", "pad")  # dataset.resize: 
 
 
 def decode(path: Path, shape: Sequence[int], resize: str | None = None) -> Tensor:
-    """Read one image as uint8 (C, H, W) for a model trained on samples of `shape`."""
+    """Read one image as uint8 (C, H, W) for a model trained on samples of `shape`, decoded in
+    full as the preprocessing contract says (cnn_cli/contract.py)."""
     channels = shape[0]
     pixels = decode_array(path, shape, resize)
     tensor = torch.from_numpy(pixels)
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
-def decode_array(path: Path, shape: Sequence[int], resize: str | None = None) -> np.ndarray:
+def decode_array(path: Path, shape: Sequence[int], resize: str | None = None, draft: bool = False) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, 3): greyscale or RGB as the dataset's channels (alpha
     dropped, palette expanded), the phone's EXIF rotation applied, 16-bit pixels scaled to 8,
     brought to H x W by the dataset's `resize` policy. Without one, a size other than the
     dataset's is an error: a silent resize would change what the model sees. The one decoder
-    for the image-folder cache and cnn-predict alike."""
+    for the image-folder cache and cnn-predict alike; `draft` (the cache's, for speed) lets a
+    JPEG decode at a reduced scale, which the contract cnn-predict follows does not."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     channels, *size = shape
@@ -62,7 +64,7 @@ def decode_array(path: Path, shape: Sequence[int], resize: str | None = None) ->
         with Image.open(path) as image:
             if resize is None:
                 _check_size(path, image.size, size, sorted)  # before decoding a single pixel (or a bomb's)
-            else:  # JPEG: decode at the smallest power-of-2 scale still at least as large as needed
+            elif draft:  # JPEG: decode at the smallest power-of-2 scale still at least as large as needed
                 image.draft(_MODES[channels], (max(size), max(size)))
             stored = image.size
             image = ImageOps.exif_transpose(image)

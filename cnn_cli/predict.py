@@ -1,5 +1,5 @@
-"""cnn-predict: classify image files (or .npy arrays of samples) with a checkpoint, each
-preprocessed exactly as the model's training data was."""
+"""cnn-predict: classify image files (or .npy arrays of samples) with a checkpoint or an
+exported file, each prepared exactly as the model's preprocessing contract says."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import io
 import sys
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, data as data_mod, images, outputs, runtime
+from cnn_cli import checkpoint, contract, deployed, images, outputs, runtime
 from cnn_cli.errors import UserError, first_line, printable
 from cnn_cli.evaluate import load_trained
 
@@ -26,27 +26,24 @@ LIGHT_ON_DARK = ("MNIST", "sample")  # dataset sources whose digits are light st
 def run_predict(cfg: DictConfig) -> int:
     """Print one line per sample (path, class, probability, then the next top_k - 1), write
     the CSV if asked; return how many files were skipped as unreadable."""
-    trained = load_trained(cfg.checkpoint)
-    dataset = trained.config.dataset
-    classes = [str(c) for c in dataset.classes]
+    device = runtime.resolve_device(cfg.device)
+    spec, logits, run_batch_size = _open(Path(cfg.checkpoint).expanduser(), cfg.checkpoint, device)
+    classes = spec["classes"]
     if not 1 <= cfg.top_k <= len(classes):
         raise UserError(f"top_k={cfg.top_k} must be between 1 and the number of classes ({len(classes)})")
-    batch_size = trained.config.trainer.eval_batch_size if cfg.batch_size is None else cfg.batch_size
+    batch_size = run_batch_size if cfg.batch_size is None else cfg.batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
     output = outputs.output_file(cfg.output) if cfg.output else None
     files = expand(cfg.inputs)
-    device = runtime.resolve_device(cfg.device)
-    model = trained.model.to(device)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
-    samples = _samples(files, tuple(dataset.input_shape), dataset.source in data_mod.FLOAT_SOURCES, skipped,
-                       dataset.get("resize"))
+    shape, resize = contract.decode_shape(spec)
+    samples = _samples(files, shape, spec["samples"] == "float32", skipped, resize)
     for names, batch in _batches(samples, batch_size):
-        if dataset.source in LIGHT_ON_DARK:
+        if spec["source"] in LIGHT_ON_DARK:
             inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
-        with torch.inference_mode():
-            probs = model(trained.normalize(batch.to(device))).float().softmax(1)
+        probs = logits(batch).float().softmax(1)
         top = probs.topk(cfg.top_k, dim=1)
         for name, p, idx in zip(names, top.values.tolist(), top.indices.tolist()):
             row = [name, *(v for i, q in zip(idx, p) for v in (classes[i], f"{q:.6f}"))]
@@ -72,6 +69,25 @@ def _inert(cell: str) -> str:
     """A CSV cell a spreadsheet shows as text: a leading = + - @ (or tab, carriage return) would
     make a class or file named `=cmd|calc` a formula, so it gets a leading ' (OWASP's advice)."""
     return f"'{cell}" if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
+EXPORTED_BATCH = 64  # an exported file records no batch size of its own
+
+
+def _open(path: Path, given: str, device: torch.device) -> tuple[dict[str, Any], Callable[[Tensor], Tensor], int]:
+    """The preprocessing contract, raw samples -> logits, and the batch size: of a checkpoint
+    (its stored config) or of an exported file (its sidecar)."""
+    if deployed.is_exported(path):
+        spec, logits = deployed.load(path)
+        return spec, lambda batch: logits(batch.cpu()), EXPORTED_BATCH
+    trained = load_trained(given)
+    model = trained.model.to(device)
+
+    def logits(batch: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return model(trained.normalize(batch.to(device)))
+
+    return contract.of(trained.config.dataset), logits, trained.config.trainer.eval_batch_size
 
 
 def expand(inputs: Any) -> list[Path]:

@@ -123,8 +123,14 @@ class TrainSchema:
 
 
 @dataclass
+class EvalDatasetSchema:
+    fallback: bool = MISSING  # the bundled sample in place of missing MNIST files: only when asked
+
+
+@dataclass
 class EvalSchema:
     checkpoint: str = MISSING
+    dataset: EvalDatasetSchema = field(default_factory=EvalDatasetSchema)
     split: str = MISSING
     fuse_bn: bool = MISSING
     root: Optional[str] = MISSING
@@ -152,6 +158,7 @@ class ExportSchema:
     preprocess: bool = MISSING
     opset: Optional[int] = MISSING
     root: Optional[str] = MISSING
+    verify_inputs: Optional[str] = MISSING
 
 
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}

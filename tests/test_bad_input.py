@@ -156,7 +156,8 @@ def _wider_first_conv(state: dict) -> None:
 
 
 def _author_paths(state: dict) -> None:
-    state["config"]["dataset"].update(name="mnist", source="MNIST", root="author/data", download=True, fallback=False)
+    # fallback=true as cnn-train records it by default: an evaluation still never swaps the test set
+    state["config"]["dataset"].update(name="mnist", source="MNIST", root="author/data", download=True, fallback=True)
 
 
 def _labels_beyond_classes(cwd: Path, fx: dict[str, Path]) -> None:
@@ -514,8 +515,10 @@ CASES: dict[str, Case] = {
         "cnn-eval", ("checkpoint=edited.pt",), ("its 'model' is not a state dict of tensors",),
         _edited_checkpoint(lambda state: state.update(model={"conv1.weight": [1, 2]})), needs_run=True),
     "eval_never_uses_the_authors_paths": Case(
-        "cnn-eval", ("checkpoint=edited.pt",), ("dataset 'mnist'", "data/MNIST/raw", "dataset.download=true"),
-        _edited_checkpoint(_author_paths), needs_run=True, reject=("author",)),
+        "cnn-eval", ("checkpoint=edited.pt",),
+        ("the checkpoint's dataset 'mnist' is not in data/ (root= not given)", "data/MNIST/raw (train-images-idx3",
+         "with root=DIR", "dataset.fallback=true"),
+        _edited_checkpoint(_author_paths), needs_run=True, reject=("author/data",)),
     "bad_job_logging": train(
         SAMPLE, "hydra.job_logging.root.level=LOUD",
         expect=("hydra.job_logging: Unable to configure root logger", "Unknown level: 'LOUD'", "leave it out")),
