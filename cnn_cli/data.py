@@ -213,9 +213,10 @@ def _read(cfg: DictConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, str, str]:
         raise UserError(f"dataset.root={cfg.root} is a file, not a folder; point it at the folder that holds "
                         f"{cfg.source}/")
     if cfg.source in idx.SOURCES:  # files already there: read without torchvision
-        read = idx.read_splits(root / cfg.source / "raw")
+        raw = root / cfg.source / "raw"
+        read = idx.read_splits(raw)
         if read is not None:
-            return (*read, cfg.name)
+            return (*read, cfg.name, str(raw.resolve()))
     cls = _source(cfg.source)
     try:
         train, test = _open(cls, root, cfg.download)

@@ -21,6 +21,7 @@ from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
+from test_use_model import export_cfg
 
 register()
 
@@ -77,8 +78,7 @@ def test_predict_output_inside_a_run_or_on_a_checkpoint_is_refused(run: Path, tm
 @pytest.mark.parametrize("where", ["checkpoints/last.pt", "checkpoints/best.onnx", "tb/model.onnx"])
 def test_export_output_inside_a_run_is_refused(run: Path, where: str) -> None:
     before = fingerprint(run)
-    cfg = OmegaConf.create({"checkpoint": str(run), "format": "onnx", "output": str(run / where), "fuse_bn": True,
-                            "preprocess": True, "opset": None, "root": None})
+    cfg = export_cfg(run, "onnx", output=str(run / where))
     with pytest.raises(UserError, match=r"^output="):
         run_export(cfg)
     assert fingerprint(run) == before
@@ -116,8 +116,7 @@ def _poison(value: float):
 def test_an_export_of_a_model_with_non_finite_outputs_fails_verification(tmp_path: Path, fmt: str,
                                                                          value: float) -> None:
     best = save_run(tmp_path / "run", edit=_poison(value))
-    cfg = OmegaConf.create({"checkpoint": str(best), "format": fmt, "output": str(tmp_path / "model.out"),
-                            "fuse_bn": True, "preprocess": True, "opset": None, "root": None})
+    cfg = export_cfg(best, fmt, output=str(tmp_path / "model.out"))
     with pytest.raises(UserError, match=r"non-finite logits \(NaN or inf\).*nothing was kept"):
         run_export(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

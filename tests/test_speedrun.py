@@ -123,7 +123,7 @@ def test_a_run_without_graph_images_or_checkpoints_still_tests_its_best_weights(
     assert metrics["test_acc"] == test.accuracy and metrics["best_epoch"] in (1, 2)
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     tags = events.Tags()
-    assert "train/loss" in tags["scalars"] and not tags["images"] and not tags["graph"]
+    assert "loss/train" in tags["scalars"] and not tags["images"] and not tags["graph"]
 
 
 def test_a_kernel_with_one_input_channel_gets_channels_last_strides() -> None:
