@@ -59,7 +59,7 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path: Path) -> None
     assert "1 failed" in proc.stdout and set(rows) == {"0", "1"}
     assert "optimizer.lr=1000000000000.0" in rows["0"] and "FAILED: epoch 1, step" in rows["0"]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [
-        "0_lr=1000000000000.0", "1_lr=0.05"]  # named by what differs, not by the settings all jobs share
+        "0_lr=1e+12", "1_lr=0.05"]  # named by what differs, not by the settings all jobs share
     assert (job(tmp_path / "sweep", 0) / "error.txt").read_text().startswith("epoch 1, step")
     # in the HParams tab: the failed job with its status; no job fixes the columns (no experiment
     # summary), so TensorBoard lists the hyperparameters that differ between the jobs first

@@ -173,7 +173,8 @@ def test_every_architecture_exports_and_verifies_in_every_format(arch: str, fmt:
     verified = int(report["same_predictions"].split("/")[1])
     assert report["same_predictions"] == f"{verified}/{verified}" and verified >= 40
     assert Path(report["output"]).stat().st_size == report["bytes"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", Path(report["output"]).name])
+    written = Path(report["output"]).name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", written, f"{written}.preprocess.json"])
     dataset = torch.load(ckpt, weights_only=True)["config"]["dataset"]
     raw = "float32" if dataset["source"] == "basic_motions" else "uint8"
     assert report["input_spec"] == f"images (N x {' x '.join(map(str, dataset['input_shape']))}, {raw})"
