@@ -1,6 +1,6 @@
 """Photo augmentation speed: cnn-cli's whole-batch tensor ops against torchvision.transforms.v2
 per image in a DataLoader, on the same real PNGs, with the same augmentations (random resized
-crop, rotation, colour jitter, normalisation), in images per second (README, Photo augmentation).
+crop, rotation, colour jitter, normalisation), in images per second (docs/transfer.md, Photo augmentation).
 
     python benchmarks/augment.py [PNG_FOLDER] [IMAGES] [WORKERS] [DEVICE]
 

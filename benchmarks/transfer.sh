@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Does fine-tuning beat training from scratch on a small real set? (README, Transfer learning)
+# Does fine-tuning beat training from scratch on a small real set? (docs/transfer.md)
 # Pretrain resnet18 on 5 CIFAR-10 classes (2,000 training images each, 32x32), then train on 50
 # images per class of the other 5 with experiment=finetune's recipe, from those weights
 # (init_from=, a new head) and from random weights, 3 seeds each; both are tested on all 800
@@ -12,7 +12,7 @@ CIFAR=${CIFAR:-$HOME/data/cifar10}
 WORK=${WORK:-/tmp/cnn-transfer}
 TRAIN=${TRAIN:-$PWD/.venv/bin/cnn-train}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# what README's numbers were measured with: shift by up to 4 pixels and flip (not the
+# what docs/transfer.md's numbers were measured with: shift by up to 4 pixels and flip (not the
 # experiment's resized crop and colour jitter, which came after)
 PRE_IMAGES=${PRE_IMAGES:-2000}; FEW_IMAGES=${FEW_IMAGES:-50}; PRE_EPOCHS=${PRE_EPOCHS:-4}; EXTRA=${EXTRA:-}; SEEDS=${SEEDS:-0 1 2}
 AUGMENT=${AUGMENT:-"dataset.augment.crop_padding=4 dataset.augment.resized_crop_scale=null dataset.augment.brightness=0 \

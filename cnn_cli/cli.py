@@ -109,7 +109,7 @@ def register() -> None:
 
 def _compose_once(argv: list[str]) -> None:
     """Hydra composes the whole config once only to read hydra.mode, then again to run (a
-    fifth of a second or more, README, Performance). Here hydra.mode can come only from the
+    fifth of a second or more, docs/performance.md). Here hydra.mode can come only from the
     command line (userconfig.py: no config file reaches hydra.*), so without it there the answer
     is known, Hydra's own default (null: -m decides): skip that first compose."""
     if not any(arg.lstrip("+~").split("=", 1)[0] == "hydra.mode" for arg in argv):
@@ -170,7 +170,7 @@ def main(app: Callable[[], Any]) -> None:
 
 def _exit_now() -> None:
     """Exit 0 at once, skipping Python's teardown of every module torch, Hydra and TensorBoard
-    loaded (about half a second, README, Performance). Everything is written and closed by
+    loaded (about half a second, docs/performance.md). Everything is written and closed by
     now: checkpoints and metrics.json by atomic renames, TensorBoard's writer by train();
     the log handlers and the two streams are flushed here."""
     logging.shutdown()

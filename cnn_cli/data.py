@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Only these torchvision.datasets classes can be named in a config (configs travel inside
 # shared checkpoints). torchvision is imported only when one is opened: its import is a
-# large part of start-up (README, Performance), which a run on the bundled sample or a
+# large part of start-up (docs/performance.md), which a run on the bundled sample or a
 # config error need not pay.
 SOURCES = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SAMPLE = "sample"  # the 5,000 MNIST digits shipped in cnn_cli/assets

@@ -130,7 +130,7 @@ def _write_torchscript(net: Deployable, example: Tensor, meta: dict[str, str], c
 @contextlib.contextmanager
 def _asked_for_torchscript() -> Iterator[None]:
     """PyTorch warns at every torch.jit call that TorchScript is deprecated; format=torchscript
-    asked for it, and README says so once."""
+    asked for it, and docs/use-a-model.md says so once."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         # the mean and std buffers are constants of the trace, as they should be

@@ -1,5 +1,5 @@
 """The MNIST family's IDX files read with numpy, so that a run on files already there never
-imports torchvision (a second or more of start-up, README, Performance). Anything unusual
+imports torchvision (a second or more of start-up, docs/performance.md). Anything unusual
 (a missing, short or odd file) returns None, and torchvision's reader takes over: it
 downloads, parses and names the broken file, as before."""
 

@@ -342,7 +342,7 @@ def _decode_one(job: tuple[str, tuple[int, ...], str | None]) -> np.ndarray | st
     """One file's pixels as (C, H, W), or why it could not be read (a worker's job)."""
     path, shape, resize = job
     try:
-        pixels = images.decode_array(Path(path), shape, resize, draft=True)  # speed; README states the difference
+        pixels = images.decode_array(Path(path), shape, resize, draft=True)  # speed (docs/use-a-model.md)
     except images.Unreadable as err:
         return str(err)
     except UserError as err:  # a size that no resize policy fits

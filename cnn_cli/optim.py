@@ -131,7 +131,7 @@ def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
 # torch.optim's Optimizer wraps add_param_group, zero_grad, state_dict and load_state_dict in
 # torch._disable_dynamo, and every step in a function that calls torch._dynamo.graph_break().
 # Both keep torch.compile from tracing the optimizer, and both import torch._dynamo on first
-# use: a second or more of start-up, several on a busy machine (README, Performance). This
+# use: a second or more of start-up, several on a busy machine (docs/performance.md). This
 # trainer compiles only the model, never the optimizer, so neither wrapper does anything here.
 _DISABLE_CACHE = "__dynamo_disable"  # where torch._disable_dynamo keeps the function it made
 

@@ -57,9 +57,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 # What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
-# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (README, Performance). 5-D
+# (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (docs/performance.md). 5-D
 # batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d on this
-# project's CPU and on a GPU (README, Performance). Measure a device with
+# project's CPU and on a GPU (docs/performance.md). Measure a device with
 # `python benchmarks/memory_format.py --device cuda` and drop the 5 here if it loses there.
 # 3-D batches (N, C, L) have no channels-last format and stay contiguous.
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -80,7 +80,7 @@ def to_memory_format(model: torch.nn.Module, fmt: torch.memory_format) -> torch.
         for param in model.parameters():
             if param.dim() == rank:  # a copy with fmt's strides: .contiguous(memory_format=fmt) keeps a kernel
                 # with one input channel as it is, since its strides fit both formats, and PyTorch then
-                # reads it as contiguous: the conv runs in NCHW, 1.6x slower on MNIST (README, Performance)
+                # reads it as contiguous: the conv runs in NCHW, 1.6x slower on MNIST (docs/performance.md)
                 param.data = torch.empty_like(param.data, memory_format=fmt).copy_(param.data)
     return model
 
@@ -111,8 +111,8 @@ def free_cores() -> tuple[int, float]:
 def auto_threads(cores: int, load: float, processes: int = 1) -> int:
     """Threads for one of `processes` training processes: the cores that the load leaves
     free, shared among them, and at least one. A thread on a busy core makes every OpenMP
-    barrier wait for it, so one thread too many costs far more than one too few (README,
-    Performance)."""
+    barrier wait for it, so one thread too many costs far more than one too few
+    (docs/performance.md)."""
     free = cores - round(load)
     return max(1, min(cores, free) // max(1, processes))
 

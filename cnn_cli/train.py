@@ -197,7 +197,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         device = torch.device("cuda", rank.local)  # one GPU per process
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
-    log.info("threads: %s", runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    threads = runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.manual_seed(cfg.seed)
 
     distributed.start(rank, device)
@@ -206,6 +206,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     run_dir = Path(distributed.from_main(str(run_dir)))  # where rank 0 writes; the others read best.pt there
 
     model = _model(cfg, device, rank)
+    log.info("threads: %s", threads)  # once the model fits: a layer that cannot is one line and nothing else
     loaded = resumed["progress"].get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
     frozen = transfer.frozen_layers(model, trainer.get("freeze"))
     transfer.freeze(model, frozen)

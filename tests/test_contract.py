@@ -1,5 +1,5 @@
-"""The preprocessing contract: README's sidecar client (run as written) agrees with cnn-predict
-on real PNG and JPEG files of odd sizes; cnn-predict runs exported files with their sidecar;
+"""The preprocessing contract: the sidecar client of docs/use-a-model.md (run as written) agrees
+with cnn-predict on real PNG and JPEG files of odd sizes; cnn-predict runs exported files with their sidecar;
 a sidecar from someone else is checked field by field. In-process."""
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ ODD = [("wide.png", (37, 53), "RGB"), ("grey.png", (101, 29), "L"), ("alpha.png"
        ("photo.jpg", (97, 75), "RGB"), ("small.jpg", (23, 31), "RGB"), ("tall.jpg", (50, 133), "L")]
 
 
-def readme_client() -> str:
-    section = (ROOT / "README.md").read_text().split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def docs_client() -> str:
+    """The ONNX Runtime client of docs/use-a-model.md, the page's one python block."""
+    page = (ROOT / "docs" / "use-a-model.md").read_text()
+    (client,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    return client
 
 
 def picture(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
@@ -75,14 +77,14 @@ def run_client(folder: Path, files: list[str], monkeypatch) -> dict[str, tuple[s
     monkeypatch.setattr(sys, "argv", ["client.py", *files])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(readme_client(), "README client", "exec"), {"__name__": "__main__"})
+        exec(compile(docs_client(), "docs/use-a-model.md client", "exec"), {"__name__": "__main__"})
     rows = [line.split("\t") for line in out.getvalue().splitlines()]
     return {path: (label, float(p)) for path, label, p in rows}
 
 
 @pytest.mark.parametrize("policy, preprocess", [("shorter_side_then_center_crop", True), ("pad", False),
                                                 ("stretch", True)])
-def test_readme_client_agrees_with_cnn_predict_on_odd_png_and_jpeg_files(
+def test_docs_client_agrees_with_cnn_predict_on_odd_png_and_jpeg_files(
         policy: str, preprocess: bool, tree: Path, inputs: Path, tmp_path: Path, monkeypatch) -> None:
     ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
                                                   f"dataset.input_shape=[3,{SIZE},{SIZE}]", f"dataset.resize={policy}",
@@ -97,7 +99,7 @@ def test_readme_client_agrees_with_cnn_predict_on_odd_png_and_jpeg_files(
     for path in files:
         assert client[path][0] == by_checkpoint[path][0] == by_export[path][0], path
         worst = max(worst, *(abs(other[path][1] - by_checkpoint[path][1]) for other in (client, by_export)))
-    print(f"\n{policy}: largest probability difference, README client or best.onnx vs cnn-predict: {worst:.1e}")
+    print(f"\n{policy}: largest probability difference, the docs client or best.onnx vs cnn-predict: {worst:.1e}")
     assert worst < 1e-4
     # the large JPEG is one that draft mode would decode differently: the contract's full decode is what matters
     photo = inputs / "photo.jpg"
