@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +47,35 @@ def test_every_benchmark_has_tiny_arguments():
     assert shipped == set(TINY_ARGS)
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every benchmark run once with its tiny arguments, two at a time (each is one thread, and
+    much of each is starting Python and torch, so two share this small machine well)."""
+    shared = tmp_path_factory.mktemp("inputs")
+    root = shared / "data"
+    write_idx(root / "MNIST" / "raw", n_train=6000, n_test=100)  # 5,000 of them: the default val_size
+    pngs = _png_tree(shared / "pngs")
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        tmp = tmp_path_factory.mktemp(name.replace(".", "_"))
+        fill = lambda text: text.format(root=root, tmp=tmp, pngs=pngs)  # noqa: E731
+        env = {**ONE_THREAD, **NO_GPU, "PYTHON": sys.executable}
+        if name.endswith(".sh"):
+            command = ["bash", str(BENCHMARKS / name)]
+            env.update({key: fill(value) for key, value in SH_ENV[name].items()})
+        else:
+            command = [sys.executable, str(BENCHMARKS / name), *(fill(arg) for arg in TINY_ARGS[name])]
+        return subprocess.run(command, cwd=tmp, env=user_env(env), capture_output=True, text=True, timeout=600)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(TINY_ARGS, pool.map(run, TINY_ARGS)))
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", list(TINY_ARGS))
-def test_benchmark_runs(name: str, tmp_path: Path):
-    root = tmp_path / "data"
-    write_idx(root / "MNIST" / "raw", n_train=6000, n_test=100)  # 5,000 of them: the default val_size
-    pngs = _png_tree(tmp_path / "pngs")
-    fill = lambda text: text.format(root=root, tmp=tmp_path, pngs=pngs)  # noqa: E731
-    args = [fill(arg) for arg in TINY_ARGS[name]]
-    env = {**ONE_THREAD, **NO_GPU, "PYTHON": sys.executable}
-    if name.endswith(".sh"):
-        command = ["bash", str(BENCHMARKS / name)]
-        env.update({key: fill(value) for key, value in SH_ENV[name].items()})
-    else:
-        command = [sys.executable, str(BENCHMARKS / name), *args]
-    proc = subprocess.run(command, cwd=tmp_path, env=user_env(env), capture_output=True, text=True, timeout=600)
+def test_benchmark_runs(name: str, finished: dict[str, subprocess.CompletedProcess]):
+    proc = finished[name]
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stdout + proc.stderr
 
