@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from PIL import Image
+from PIL import Image, ImageOps
 
-from cnn_cli import images
+from cnn_cli import contract, images
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
@@ -191,3 +191,38 @@ def test_export_verifies_on_the_users_images(tree: Path, inputs: Path, tmp_path:
                            (tmp_path / "broken", "holds no readable image files")):
         with pytest.raises(UserError, match=f"verify_inputs={given} {pattern}"):
             run_export(export_cfg(ckpt, "onnx", output=out, verify_inputs=str(given)))
+
+
+def decoded(path: Path, color: str) -> np.ndarray:
+    """What a client of an any_size=true file does: decode, turn upright, convert; nothing else."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert(color)).reshape(image.height, image.width, -1)
+
+
+@pytest.mark.parametrize("policy", ["shorter_side_then_center_crop", "pad", "stretch"])
+def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
+        policy: str, tree: Path, inputs: Path, tmp_path: Path) -> None:
+    from cnn_cli.export import _import_onnxruntime
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", f"dataset.resize={policy}",
+                                                  "dataset.val_size=0", f"dataset.cache_dir={tmp_path / 'cache'}"])
+    onnx_file = tmp_path / "any.onnx"
+    report = run_export(export_cfg(ckpt, "onnx", output=str(onnx_file), any_size=True, root=str(tree)))
+    assert report["input_spec"] == "images (N x 3 x 24 x 24, uint8)" and report["max_abs_difference"] < 1e-4
+    spec = json.loads(contract.sidecar(onnx_file).read_text())
+    assert spec["file"]["in_model"] == ["resize", "scale", "normalize"] and spec["file"]["input"] == "image"
+    session = _import_onnxruntime().InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    by_checkpoint = predict(str(ckpt), inputs, tmp_path / "checkpoint.csv")
+    by_file = predict(str(onnx_file), inputs, tmp_path / "onnx.csv")  # cnn-predict runs it too (Pillow-resized)
+    worst_file, worst_graph = 0.0, 0.0
+    for name, _, _ in ODD:
+        path = str(inputs / name)
+        logits = session.run(["logits"], {"image": decoded(inputs / name, spec["color"])})[0][0]
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert spec["classes"][probs.argmax()] == by_checkpoint[path][0] == by_file[path][0], path
+        worst_graph = max(worst_graph, abs(probs.max() - by_checkpoint[path][1]))
+        worst_file = max(worst_file, abs(by_file[path][1] - by_checkpoint[path][1]))
+    print(f"\n{policy}: largest probability difference from cnn-predict: in-graph resize {worst_graph:.1e}, "
+          f"cnn-predict on the file {worst_file:.1e}")
+    assert worst_file < 1e-4 and worst_graph < 1e-2

@@ -1,0 +1,106 @@
+"""any_size=true: an ONNX file that takes one decoded image of any size (uint8 H x W x C) and does
+the contract's resize, crop or pad, scaling and normalisation itself, so a client only decodes.
+
+torch.export (and so torch's dynamo ONNX exporter) specialises the resized size to the example
+image's (it guards on `round(h * scale) == 24`), so the resize is written here as ONNX nodes:
+the sizes in double precision and rounded half to even as Python's `round` (images._fit), then
+Resize (opset >= 18: linear, half_pixel, antialias=1), rounded to uint8 as Pillow's result is,
+and cropped or padded; the result feeds the preprocess=true graph (uint8 N x C x H x W)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cnn_cli.errors import UserError
+
+INPUT = "image"
+MIN_OPSET = 18  # Resize's antialias attribute
+STEPS = ["resize", "scale", "normalize"]
+
+
+def check(spec: dict[str, Any], cfg: Any) -> None:
+    """any_size=true asks for what only an image model with a resize policy, exported to ONNX with
+    preprocess=true, has: anything else is one line."""
+    if cfg.format != "onnx":
+        raise UserError(f"any_size=true: format={cfg.format} cannot take images of any size (torch.export and "
+                        "TorchScript tracing fix the resized size to the example image's); use format=onnx")
+    if not cfg.preprocess:
+        raise UserError("any_size=true takes raw pixels and needs preprocess=true; drop preprocess=false")
+    if spec["color"] is None or spec["resize"]["policy"] == "none":
+        raise UserError(f"any_size=true: the model's dataset {spec['dataset']} has no resize policy, so it takes "
+                        f"{'x'.join(map(str, spec['input_shape']))} samples only; drop any_size")
+    if cfg.opset is not None and cfg.opset < MIN_OPSET:
+        raise UserError(f"any_size=true needs opset >= {MIN_OPSET} (Resize with antialias); opset={cfg.opset} "
+                        "is older")
+
+
+def prepend(model: Any, spec: dict[str, Any]) -> Any:
+    """The ONNX model (taking uint8 `images` N x C x H x W) with the resize graph in front of it."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+    if opset < MIN_OPSET:
+        raise UserError(f"any_size=true needs opset >= {MIN_OPSET} (Resize with antialias); the exporter wrote "
+                        f"opset {opset}: give opset={MIN_OPSET}")
+    channels, height, width = spec["input_shape"]
+    policy = spec["resize"]["policy"]
+    consts: list[Any] = []
+
+    def const(name: str, values: list, dtype: str) -> str:
+        consts.append(numpy_helper.from_array(np.array(values, dtype=dtype), f"pre/{name}"))
+        return f"pre/{name}"
+
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [f"pre/{out}"], **attrs))
+        return f"pre/{out}"
+
+    nodes: list[Any] = []
+    target = const("target", [height, width], "int64")
+    x = node("Unsqueeze", [node("Transpose", [node("Cast", [INPUT], "float", to=TensorProto.FLOAT)], "chw",
+                                            perm=[2, 0, 1]), const("axis0", [0], "int64")], "nchw")
+    if policy == "stretch":
+        scaled = target
+    else:  # images._fit: scale = max (crop) or min (pad) of H / h, W / w; each side max(1, round(side * scale))
+        hw = node("Cast", [node("Slice", [node("Shape", [INPUT], "shape"), const("zero", [0], "int64"),
+                                          const("two", [2], "int64")], "hw_int")], "hw", to=TensorProto.DOUBLE)
+        ratios = node("Div", [const("target_d", [height, width], "float64"), hw], "ratios")
+        reduce = "ReduceMax" if policy == "shorter_side_then_center_crop" else "ReduceMin"
+        scale = node(reduce, [ratios], "scale", keepdims=1)
+        rounded = node("Max", [node("Round", [node("Mul", [hw, scale], "sides")], "rounded"),
+                               const("one", [1.0], "float64")], "at_least_one")
+        scaled = node("Cast", [rounded], "scaled", to=TensorProto.INT64)
+    sizes = node("Concat", [const("nc", [1, channels], "int64"), scaled], "sizes", axis=0)
+    y = node("Resize", [x, "", "", sizes], "resized", mode="linear", antialias=1,
+             coordinate_transformation_mode="half_pixel")
+    y = node("Clip", [node("Round", [y], "round"), const("lo", 0.0, "float32"), const("hi", 255.0, "float32")],
+             "clipped")
+    if policy == "shorter_side_then_center_crop":
+        start = node("Div", [node("Sub", [scaled, target], "excess"), const("two_i", [2, 2], "int64")], "start")
+        y = node("Slice", [y, start, node("Add", [start, target], "end"), const("axes", [2, 3], "int64")], "cropped")
+    elif policy == "pad":
+        room = node("Sub", [target, scaled], "room")
+        before = node("Div", [room, const("two_i", [2, 2], "int64")], "before")
+        pads = node("Concat", [before, node("Sub", [room, before], "after")], "pads", axis=0)
+        y = node("Pad", [y, pads, const("black", 0.0, "float32"), const("axes", [2, 3], "int64")], "padded")
+    nodes.append(helper.make_node("Cast", [y], ["pre/pixels"], to=TensorProto.UINT8))
+    graph = helper.make_graph(
+        nodes, "preprocess", [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["height", "width", channels])],
+        [helper.make_tensor_value_info("pre/pixels", TensorProto.UINT8, [1, channels, height, width])],
+        initializer=consts)
+    pre = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=model.ir_version)
+    merged = compose.merge_models(pre, model, io_map=[("pre/pixels", model.graph.input[0].name)])
+    del merged.metadata_props[:]
+    merged.metadata_props.extend(model.metadata_props)
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def per_image(run: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A file taking one H x W x C image, run on a batch N x C x H x W (as the contract's decode
+    gives it) one image at a time."""
+    return lambda batch: torch.cat([run(image.permute(1, 2, 0).contiguous()) for image in batch])
