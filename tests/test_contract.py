@@ -226,3 +226,22 @@ def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
     print(f"\n{policy}: largest probability difference from cnn-predict: in-graph resize {worst_graph:.1e}, "
           f"cnn-predict on the file {worst_file:.1e}")
     assert worst_file < 1e-4 and worst_graph < 1e-2
+
+
+def test_any_size_is_refused_where_it_cannot_be_built(tree: Path, exported: Path, tmp_path: Path) -> None:
+    """TorchScript and .pt2 fix the resized size; a model without a resize policy takes one size only."""
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.val_size=0",
+                                                  f"dataset.cache_dir={tmp_path / 'cache'}"])
+    cases = [(ckpt, {"format": "torchscript"}, r"format=torchscript cannot take images of any size"),
+             (ckpt, {"format": "exported"}, r"format=exported cannot take images of any size"),
+             (ckpt, {"preprocess": False}, r"needs preprocess=true"),
+             (ckpt, {"opset": 17}, r"needs opset >= 18 \(Resize with antialias\)"),
+             (exported / "ck.pt", {}, r"dataset mnist_sample has no resize policy, so it takes 1x28x28 samples only")]
+    for checkpoint, changes, pattern in cases:
+        out = tmp_path / "any.out"
+        cfg = export_cfg(checkpoint, "onnx", output=str(out), any_size=True, root=str(tree))
+        cfg.update(changes)
+        with pytest.raises(UserError, match=pattern) as err:
+            run_export(cfg)
+        assert len(str(err.value).splitlines()) == 1 and not out.exists() and not contract.sidecar(out).exists()
