@@ -4,7 +4,7 @@ the contract's resize, crop or pad, scaling and normalisation itself, so a clien
 torch.export (and so torch's dynamo ONNX exporter) specialises the resized size to the example
 image's (it guards on `round(h * scale) == 24`), so the resize is written here as ONNX nodes:
 the sizes in double precision and rounded half to even as Python's `round` (images._fit), then
-Resize (opset >= 18: linear, half_pixel, antialias=1), rounded to uint8 as Pillow's result is,
+Resize (opset >= 18: linear, half_pixel, antialias=1, exclude_outside=1), rounded to uint8 as Pillow's result is,
 and cropped or padded; the result feeds the preprocess=true graph (uint8 N x C x H x W)."""
 
 from __future__ import annotations
@@ -63,22 +63,23 @@ def prepend(model: Any, spec: dict[str, Any]) -> Any:
     target = const("target", [height, width], "int64")
     x = node("Unsqueeze", [node("Transpose", [node("Cast", [INPUT], "float", to=TensorProto.FLOAT)], "chw",
                                             perm=[2, 0, 1]), const("axis0", [0], "int64")], "nchw")
+    zero, one, two = (const(name, [i], "int64") for i, name in enumerate(("zero", "one", "two")))
+    hw_int = node("Slice", [node("Shape", [INPUT], "shape"), zero, two], "hw_int")
     if policy == "stretch":
         scaled = target
     else:  # images._fit: scale = max (crop) or min (pad) of H / h, W / w; each side max(1, round(side * scale))
-        hw = node("Cast", [node("Slice", [node("Shape", [INPUT], "shape"), const("zero", [0], "int64"),
-                                          const("two", [2], "int64")], "hw_int")], "hw", to=TensorProto.DOUBLE)
+        hw = node("Cast", [hw_int], "hw", to=TensorProto.DOUBLE)
         ratios = node("Div", [const("target_d", [height, width], "float64"), hw], "ratios")
         reduce = "ReduceMax" if policy == "shorter_side_then_center_crop" else "ReduceMin"
         scale = node(reduce, [ratios], "scale", keepdims=1)
         rounded = node("Max", [node("Round", [node("Mul", [hw, scale], "sides")], "rounded"),
-                               const("one", [1.0], "float64")], "at_least_one")
+                               const("one_d", [1.0], "float64")], "at_least_one")
         scaled = node("Cast", [rounded], "scaled", to=TensorProto.INT64)
-    sizes = node("Concat", [const("nc", [1, channels], "int64"), scaled], "sizes", axis=0)
-    y = node("Resize", [x, "", "", sizes], "resized", mode="linear", antialias=1,
-             coordinate_transformation_mode="half_pixel")
-    y = node("Clip", [node("Round", [y], "round"), const("lo", 0.0, "float32"), const("hi", 255.0, "float32")],
-             "clipped")
+    nc = const("nc", [1, channels], "int64")
+    h, new_w = node("Slice", [hw_int, zero, one], "h"), node("Slice", [scaled, one, two], "new_w")
+    along_width = node("Concat", [nc, h, new_w], "w_sizes", axis=0)
+    y = _resized(node, const, x, along_width, "w")  # as Pillow: the rows first, rounded, then the columns
+    y = _resized(node, const, y, node("Concat", [nc, scaled], "sizes", axis=0), "h")
     if policy == "shorter_side_then_center_crop":
         start = node("Div", [node("Sub", [scaled, target], "excess"), const("two_i", [2, 2], "int64")], "start")
         y = node("Slice", [y, start, node("Add", [start, target], "end"), const("axes", [2, 3], "int64")], "cropped")
@@ -98,6 +99,19 @@ def prepend(model: Any, spec: dict[str, Any]) -> Any:
     merged.metadata_props.extend(model.metadata_props)
     onnx.checker.check_model(merged)
     return merged
+
+
+def _resized(node: Callable[..., str], const: Callable[..., str], x: str, sizes: str, axis: str) -> str:
+    """One pass of Pillow's BILINEAR along one axis: a triangle filter widened by the shrink factor
+    (antialias=1) over the pixels inside the image only (exclude_outside=1: with onnxruntime's
+    default the border pixels of a shrunk image differ from Pillow's by up to 15 grey levels),
+    rounded half up to 8 bits as Pillow rounds (Round would round half to even)."""
+    y = node("Resize", [x, "", "", sizes], f"resized_{axis}", mode="linear", antialias=1, exclude_outside=1,
+             coordinate_transformation_mode="half_pixel")
+    half_up = node("Floor", [node("Add", [y, const(f"half_{axis}", 0.5, "float32")], f"plus_half_{axis}")],
+                   f"rounded_{axis}")
+    return node("Clip", [half_up, const(f"lo_{axis}", 0.0, "float32"), const(f"hi_{axis}", 255.0, "float32")],
+                f"pixels_{axis}")
 
 
 def per_image(run: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
