@@ -3,9 +3,9 @@ the contract's resize, crop or pad, scaling and normalisation itself, so a clien
 
 torch.export (and so torch's dynamo ONNX exporter) specialises the resized size to the example
 image's (it guards on `round(h * scale) == 24`), so the resize is written here as ONNX nodes:
-the sizes in double precision and rounded half to even as Python's `round` (images._fit), then
-Resize (opset >= 18: linear, half_pixel, antialias=1, exclude_outside=1), rounded to uint8 as Pillow's result is,
-and cropped or padded; the result feeds the preprocess=true graph (uint8 N x C x H x W)."""
+the sizes in double precision, rounded half to even as Python's `round` is (images._fit), then
+Pillow's BILINEAR pass by pass (_resized), then the crop or pad; the result feeds the
+preprocess=true graph (uint8 N x C x H x W), which scales and normalises."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cnn_cli.errors import UserError
 INPUT = "image"
 MIN_OPSET = 18  # Resize's antialias attribute
 STEPS = ["resize", "scale", "normalize"]
+SPEC = f"{INPUT} (H x W x C, uint8, any H and W)"
 
 
 def check(spec: dict[str, Any], cfg: Any) -> None:

@@ -211,6 +211,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
         report.update(_verify(load, path, trained, raw, feed, cfg.format))
+        if cfg.any_size:
+            report["input_spec"] = anysize.SPEC
 
     def write(f: BinaryIO) -> None:
         try:
