@@ -27,9 +27,9 @@ def check(spec: dict[str, Any], cfg: Any) -> None:
     """any_size=true asks for what only an image model with a resize policy, exported to ONNX with
     preprocess=true, has: anything else is one line."""
     if cfg.format != "onnx":
-        raise UserError(f"any_size=true: format={cfg.format} cannot take images of any size (torch.export fixes "
-                        "the resized size to the example image's, and so does cnn-export's TorchScript trace); use "
-                        "format=onnx")
+        raise UserError(f"any_size=true: format={cfg.format} cannot take images of any size (torch.export fixes a "
+                        "crop's or pad's resized size to the example image's; cnn-export's TorchScript is a trace, "
+                        "which fixes every size); use format=onnx")
     if not cfg.preprocess:
         raise UserError("any_size=true takes raw pixels and needs preprocess=true; drop preprocess=false")
     if spec["color"] is None or spec["resize"]["policy"] == "none":
