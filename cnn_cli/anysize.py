@@ -1,19 +1,23 @@
-"""any_size=true: an ONNX file that takes one decoded image of any size (uint8 H x W x C) and does
-the contract's resize, crop or pad, scaling and normalisation itself, so a client only decodes.
+"""any_size=true: an ONNX or TorchScript file that takes one decoded image of any size (uint8
+H x W x C) and does the contract's resize, crop or pad, scaling and normalisation itself, so a
+client only decodes.
 
 torch.export (and so torch's dynamo ONNX exporter) specialises the resized size to the example
 image's (it guards on `round(h * scale) == 24`), so the resize is written here as ONNX nodes:
 the sizes in double precision, rounded half to even as Python's `round` is (images._fit), then
 Pillow's BILINEAR pass by pass (_resized), then the crop or pad; the result feeds the
-preprocess=true graph (uint8 N x C x H x W), which scales and normalises."""
+preprocess=true graph (uint8 N x C x H x W), which scales and normalises. TorchScript gets the
+same steps as a scripted module (Resized) around the traced model."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from cnn_cli.errors import UserError
 
@@ -26,10 +30,9 @@ SPEC = f"{INPUT} (H x W x C, uint8, any H and W)"
 def check(spec: dict[str, Any], cfg: Any) -> None:
     """any_size=true asks for what only an image model with a resize policy, exported to ONNX with
     preprocess=true, has: anything else is one line."""
-    if cfg.format != "onnx":
+    if cfg.format not in ("onnx", "torchscript"):
         raise UserError(f"any_size=true: format={cfg.format} cannot take images of any size (torch.export fixes a "
-                        "crop's or pad's resized size to the example image's; cnn-export's TorchScript is a trace, "
-                        "which fixes every size); use format=onnx")
+                        "crop's or pad's resized size to the example image's); use format=onnx or torchscript")
     if not cfg.preprocess:
         raise UserError("any_size=true takes raw pixels and needs preprocess=true; drop preprocess=false")
     if spec["color"] is None or spec["resize"]["policy"] == "none":
@@ -120,3 +123,43 @@ def per_image(run: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """A file taking one H x W x C image, run on a batch N x C x H x W (as the contract's decode
     gives it) one image at a time."""
     return lambda batch: torch.cat([run(image.permute(1, 2, 0).contiguous()) for image in batch])
+
+
+class Resized(nn.Module):
+    """The ONNX graph's steps for TorchScript (scripted, so H and W stay free), in front of the traced
+    model: sizes as images._fit computes them, Pillow's BILINEAR rows then columns, crop or pad."""
+
+    def __init__(self, model: nn.Module, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.model, self.policy = model, spec["resize"]["policy"]
+        self.height, self.width = spec["input_shape"][1:]
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[0], image.shape[1]
+        height, width = self.height, self.width
+        nh, nw = height, width
+        if self.policy != "stretch":
+            crop = self.policy == "shorter_side_then_center_crop"
+            scale = max(height / h, width / w) if crop else min(height / h, width / w)
+            nh, nw = max(1, _round_half_even(h * scale)), max(1, _round_half_even(w * scale))
+        x = _pillow_pass(_pillow_pass(image.permute(2, 0, 1).unsqueeze(0).float(), [h, nw]), [nh, nw])
+        if self.policy == "shorter_side_then_center_crop":
+            top, left = (nh - height) // 2, (nw - width) // 2
+            x = x[:, :, top:top + height, left:left + width]
+        elif self.policy == "pad":
+            top, left = (height - nh) // 2, (width - nw) // 2
+            x = F.pad(x, [left, width - nw - left, top, height - nh - top])
+        return self.model(x.to(torch.uint8))
+
+
+def _round_half_even(value: float) -> int:
+    """Python's round (TorchScript's rounds half away from zero)."""
+    low = math.floor(value)
+    rest = value - low
+    return low + 1 if rest > 0.5 or (rest == 0.5 and low % 2 == 1) else low
+
+
+def _pillow_pass(x: Tensor, size: list[int]) -> Tensor:
+    """torch's antialiased bilinear is Pillow's filter; rounded half up to 8 bits as Pillow rounds."""
+    return torch.floor(F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True) + 0.5
+                       ).clamp(0, 255)

@@ -216,12 +216,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 
     def write(f: BinaryIO) -> None:
         try:
-            if cfg.any_size:  # the model as preprocess=true writes it, the resize graph in front
-                import onnx
-
-                plain = io.BytesIO()
-                fmt.write(net, feed(raw[:2]), meta, cfg, plain)
-                f.write(anysize.prepend(onnx.load_from_string(plain.getvalue()), spec).SerializeToString())
+            if cfg.any_size:
+                _write_any_size(net, feed(raw[:2]), meta, cfg, spec, f)
             else:
                 fmt.write(net, feed(raw[:2]), meta, cfg, f)
         except (UserError, OSError):
@@ -241,6 +237,21 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                    "verified_on": source,
                    "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "contract_line": contract.describe(spec)})
     return report
+
+
+def _write_any_size(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, spec: dict[str, Any],
+                    f: BinaryIO) -> None:
+    """The model as preprocess=true writes it, with the resize in front (cnn_cli/anysize.py)."""
+    if cfg.format == "onnx":
+        import onnx
+
+        plain = io.BytesIO()
+        _write_onnx(net, example, meta, cfg, plain)
+        f.write(anysize.prepend(onnx.load_from_string(plain.getvalue()), spec).SerializeToString())
+    else:
+        with _asked_for_torchscript():
+            resized = torch.jit.script(anysize.Resized(torch.jit.trace(net, example), spec))
+            torch.jit.save(resized, f, _extra_files=meta)
 
 
 def require_onnx() -> None:

@@ -236,12 +236,11 @@ def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
 
 
 def test_any_size_is_refused_where_it_cannot_be_built(tree: Path, exported: Path, tmp_path: Path) -> None:
-    """TorchScript and .pt2 fix the resized size; a model without a resize policy takes one size only."""
+    """.pt2 fixes the resized size; a model without a resize policy takes one size only."""
     ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5", "dataset=imagefolder", f"dataset.root={tree}",
                                                   f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.val_size=0",
                                                   f"dataset.cache_dir={tmp_path / 'cache'}"])
-    cases = [(ckpt, {"format": "torchscript"}, r"format=torchscript cannot take images of any size"),
-             (ckpt, {"format": "exported"}, r"format=exported cannot take images of any size"),
+    cases = [(ckpt, {"format": "exported"}, r"format=exported cannot take images of any size"),
              (ckpt, {"preprocess": False}, r"needs preprocess=true"),
              (ckpt, {"opset": 17}, r"needs opset >= 18 \(Resize with antialias\)"),
              (exported / "ck.pt", {}, r"dataset mnist_sample has no resize policy, so it takes 1x28x28 samples only")]
@@ -252,3 +251,32 @@ def test_any_size_is_refused_where_it_cannot_be_built(tree: Path, exported: Path
         with pytest.raises(UserError, match=pattern) as err:
             run_export(cfg)
         assert len(str(err.value).splitlines()) == 1 and not out.exists() and not contract.sidecar(out).exists()
+
+
+def test_an_any_size_torchscript_file_classifies_decoded_files_as_cnn_predict_does(
+        tree: Path, inputs: Path, tmp_path: Path) -> None:
+    import torch
+
+    from cnn_cli import anysize
+    from cnn_cli.export import _asked_for_torchscript, _load_torchscript
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.val_size=0",
+                                                  f"dataset.cache_dir={tmp_path / 'cache'}"])
+    script = tmp_path / "any.torchscript.pt"
+    run_export(export_cfg(ckpt, "torchscript", output=str(script), any_size=True, root=str(tree)))
+    model = _load_torchscript(script)
+    by_checkpoint = predict(str(ckpt), inputs, tmp_path / "checkpoint.csv")
+    by_file = predict(str(script), inputs, tmp_path / "script.csv")
+    for name, _, _ in ODD:
+        path = str(inputs / name)
+        probs = model(torch.from_numpy(decoded(inputs / name, "RGB").copy())).softmax(1)[0]
+        assert ["cat", "dog"][probs.argmax()] == by_checkpoint[path][0] == by_file[path][0], path
+        assert abs(probs.max().item() - by_checkpoint[path][1]) < 1e-2, path
+    spec = json.loads(contract.sidecar(script).read_text())
+    for policy in ("shorter_side_then_center_crop", "pad", "stretch"):  # the scripted resize, pixel by pixel
+        with _asked_for_torchscript():
+            resize = torch.jit.script(anysize.Resized(torch.nn.Identity(), {**spec, "resize": {"policy": policy}}))
+        grey = np.stack([np.abs(resize(torch.from_numpy(decoded(inputs / name, "RGB").copy()))[0].numpy().astype(int)
+                                - images.decode(inputs / name, (3, SIZE, SIZE), policy).numpy()) for name, _, _ in ODD])
+        assert grey.max() <= 2 and grey.mean() < 0.25, policy
