@@ -28,8 +28,8 @@ SPEC = f"{INPUT} (H x W x C, uint8, any H and W)"
 
 
 def check(spec: dict[str, Any], cfg: Any) -> None:
-    """any_size=true asks for what only an image model with a resize policy, exported to ONNX with
-    preprocess=true, has: anything else is one line."""
+    """any_size=true asks for what only an image model with a resize policy, exported to ONNX or
+    TorchScript with preprocess=true, has: anything else is one line."""
     if cfg.format not in ("onnx", "torchscript"):
         raise UserError(f"any_size=true: format={cfg.format} cannot take images of any size (torch.export fixes a "
                         "crop's or pad's resized size to the example image's); use format=onnx or torchscript")
