@@ -211,8 +211,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
         report.update(_verify(load, path, trained, raw, feed, cfg.format))
-        if cfg.any_size:
-            report["input_spec"] = anysize.SPEC
+        if cfg.any_size:  # one image at a time, verified at the model's size, which the in-graph resize keeps
+            report.update(input_spec=anysize.SPEC, output_spec=f"{OUTPUT} (1 x {len(spec['classes'])}, float32)")
 
     def write(f: BinaryIO) -> None:
         try:
@@ -234,7 +234,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         out.unlink(missing_ok=True)  # a model without its contract is not kept
         raise
     report.update({"output": str(out), "contract": str(side), "format": cfg.format, "bytes": out.stat().st_size,
-                   "verified_on": source,
+                   "verified_on": source + " at the model's size (kept as it is by the resize)" * cfg.any_size,
                    "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "contract_line": contract.describe(spec)})
     return report
 

@@ -212,6 +212,8 @@ def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
     onnx_file = tmp_path / "any.onnx"
     report = run_export(export_cfg(ckpt, "onnx", output=str(onnx_file), any_size=True, root=str(tree)))
     assert report["input_spec"] == "image (H x W x C, uint8, any H and W)" and report["max_abs_difference"] < 1e-4
+    assert report["output_spec"] == "logits (1 x 2, float32)"
+    assert report["verified_on"].endswith("at the model's size (kept as it is by the resize)")
     spec = json.loads(contract.sidecar(onnx_file).read_text())
     assert spec["file"]["in_model"] == ["resize", "scale", "normalize"] and spec["file"]["input"] == "image"
     model = onnx.load(str(onnx_file))  # the resized pixels shown too, to compare with Pillow's
