@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from cnn_cli import contract, data as data_mod
+from cnn_cli import anysize, contract, data as data_mod
 from cnn_cli.errors import UserError, first_line
 
 SUFFIXES = (".onnx", ".pt2")  # always exported files; a .pt is one when its sidecar lies beside it
@@ -36,7 +36,7 @@ def load(path: Path) -> tuple[dict[str, Any], Callable[[Tensor], Tensor]]:
     info = spec.get("file")
     steps = info.get("in_model") if isinstance(info, dict) else None
     if not (isinstance(info, dict) and info.get("format") in FORMATS and isinstance(steps, list)
-            and all(step in ("scale", "normalize") for step in steps)):
+            and all(step in anysize.STEPS for step in steps)):
         raise UserError(f"{side}: file is {json.dumps(info)[:80]}, not the exported file's format "
                         f"({', '.join(FORMATS)}) and the steps it does itself; export the model again with cnn-export")
     fmt = FORMATS[info["format"]]
@@ -44,6 +44,8 @@ def load(path: Path) -> tuple[dict[str, Any], Callable[[Tensor], Tensor]]:
         require_onnx()
     try:
         run, embedded = fmt.load(path), fmt.embedded(path)
+        if "resize" in steps:  # it takes one image at a time; given the contract's size, its resize keeps it
+            run = anysize.per_image(run)
     except Exception as err:  # each runtime raises its own kinds
         raise UserError(f"checkpoint={path}: does not load as {info['format']} ({first_line(err)[:160]}), as its "
                         f"{side.name} says it is") from None

@@ -5,6 +5,7 @@ loaded back with its own runtime and checked against PyTorch before it is kept."
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, contract, data as data_mod, outputs
+from cnn_cli import anysize, checkpoint, contract, data as data_mod, outputs
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -112,7 +113,8 @@ def _import_onnxruntime() -> Any:
 def _load_onnx(path: Path) -> Callable[[Tensor], Tensor]:
     onnxruntime = _import_onnxruntime()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+    name = session.get_inputs()[0].name  # images, or image for any_size=true
+    return lambda x: torch.from_numpy(session.run([OUTPUT], {name: x.numpy()})[0])
 
 
 def _onnx_contract(path: Path) -> bytes | None:
@@ -194,18 +196,30 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
     raw, source = verification_samples(trained.config, cfg.root, cfg.verify_inputs)
     feed = (lambda x: x) if cfg.preprocess else trained.normalize
-    spec = {**contract.of(trained.config.dataset),
-            "file": {"format": cfg.format, "input": INPUT, "output": OUTPUT, "input_dtype": str(feed(raw[:1]).dtype)
-                     .removeprefix("torch."), "in_model": ["scale", "normalize"] if cfg.preprocess else []}}
+    spec = contract.of(trained.config.dataset)
+    if cfg.any_size:
+        anysize.check(spec, cfg)
+    spec["file"] = {"format": cfg.format, "input": anysize.INPUT if cfg.any_size else INPUT, "output": OUTPUT,
+                    "input_dtype": str(feed(raw[:1]).dtype).removeprefix("torch."),
+                    "input_layout": "HWC, any H and W, one image" if cfg.any_size else "NCHW",
+                    "in_model": anysize.STEPS if cfg.any_size else ["scale", "normalize"] if cfg.preprocess else []}
     meta = {**_metadata(trained, cfg.preprocess, raw.dtype), CONTRACT: json.dumps(spec)}
+    if cfg.any_size:
+        meta["input"] = f"{anysize.INPUT}: one decoded image, H x W x {spec['input_shape'][0]} uint8 of any H and W"
+    load = (lambda path: anysize.per_image(fmt.load(path))) if cfg.any_size else fmt.load
     report: dict[str, Any] = {}
 
     def verify(path: Path) -> None:  # on the written file, before it takes the final name
-        report.update(_verify(fmt.load, path, trained, raw, feed, cfg.format))
+        report.update(_verify(load, path, trained, raw, feed, cfg.format))
+        if cfg.any_size:  # one image at a time, verified at the model's size, which the in-graph resize keeps
+            report.update(input_spec=anysize.SPEC, output_spec=f"{OUTPUT} (1 x {len(spec['classes'])}, float32)")
 
     def write(f: BinaryIO) -> None:
         try:
-            fmt.write(net, feed(raw[:2]), meta, cfg, f)
+            if cfg.any_size:
+                _write_any_size(net, feed(raw[:2]), meta, cfg, spec, f)
+            else:
+                fmt.write(net, feed(raw[:2]), meta, cfg, f)
         except (UserError, OSError):
             raise
         except Exception as err:  # each exporter raises its own kinds; HYDRA_FULL_ERROR=1 shows the traceback
@@ -220,9 +234,24 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         out.unlink(missing_ok=True)  # a model without its contract is not kept
         raise
     report.update({"output": str(out), "contract": str(side), "format": cfg.format, "bytes": out.stat().st_size,
-                   "verified_on": source,
+                   "verified_on": source + " at the model's size (kept as it is by the resize)" * cfg.any_size,
                    "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "contract_line": contract.describe(spec)})
     return report
+
+
+def _write_any_size(net: Deployable, example: Tensor, meta: dict[str, str], cfg: DictConfig, spec: dict[str, Any],
+                    f: BinaryIO) -> None:
+    """The model as preprocess=true writes it, with the resize in front (cnn_cli/anysize.py)."""
+    if cfg.format == "onnx":
+        import onnx
+
+        plain = io.BytesIO()
+        _write_onnx(net, example, meta, cfg, plain)
+        f.write(anysize.prepend(onnx.load_from_string(plain.getvalue()), spec).SerializeToString())
+    else:
+        with _asked_for_torchscript():
+            resized = torch.jit.script(anysize.Resized(torch.jit.trace(net, example), spec))
+            torch.jit.save(resized, f, _extra_files=meta)
 
 
 def require_onnx() -> None:

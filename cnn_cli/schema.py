@@ -156,6 +156,7 @@ class ExportSchema:
     output: Optional[str] = MISSING
     fuse_bn: bool = MISSING
     preprocess: bool = MISSING
+    any_size: bool = MISSING
     opset: Optional[int] = MISSING
     root: Optional[str] = MISSING
     verify_inputs: Optional[str] = MISSING

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from PIL import Image
+from PIL import Image, ImageOps
 
-from cnn_cli import images
+from cnn_cli import contract, images
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
@@ -193,3 +193,94 @@ def test_export_verifies_on_the_users_images(tree: Path, inputs: Path, tmp_path:
                            (tmp_path / "broken", "holds no readable image files")):
         with pytest.raises(UserError, match=f"verify_inputs={given} {pattern}"):
             run_export(export_cfg(ckpt, "onnx", output=out, verify_inputs=str(given)))
+
+
+def decoded(path: Path, color: str) -> np.ndarray:
+    """What a client of an any_size=true file does: decode, turn upright, convert; nothing else."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert(color)).reshape(image.height, image.width, -1)
+
+
+@pytest.mark.parametrize("policy", ["shorter_side_then_center_crop", "pad", "stretch"])
+def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
+        policy: str, tree: Path, inputs: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from cnn_cli.export import _import_onnxruntime
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", f"dataset.resize={policy}",
+                                                  "dataset.val_size=0", f"dataset.cache_dir={tmp_path / 'cache'}"])
+    onnx_file = tmp_path / "any.onnx"
+    report = run_export(export_cfg(ckpt, "onnx", output=str(onnx_file), any_size=True, root=str(tree)))
+    assert report["input_spec"] == "image (H x W x C, uint8, any H and W)" and report["max_abs_difference"] < 1e-4
+    assert report["output_spec"] == "logits (1 x 2, float32)"
+    assert report["verified_on"].endswith("at the model's size (kept as it is by the resize)")
+    spec = json.loads(contract.sidecar(onnx_file).read_text())
+    assert spec["file"]["in_model"] == ["resize", "scale", "normalize"] and spec["file"]["input"] == "image"
+    model = onnx.load(str(onnx_file))  # the resized pixels shown too, to compare with Pillow's
+    model.graph.output.append(onnx.helper.make_tensor_value_info("pre/pixels", onnx.TensorProto.UINT8, None))
+    session = _import_onnxruntime().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    by_checkpoint = predict(str(ckpt), inputs, tmp_path / "checkpoint.csv")
+    by_file = predict(str(onnx_file), inputs, tmp_path / "onnx.csv")  # cnn-predict runs it too (Pillow-resized)
+    worst_file, worst_graph, grey = 0.0, 0.0, []
+    for name, _, _ in ODD:
+        path = str(inputs / name)
+        logits, pixels = session.run(["logits", "pre/pixels"], {"image": decoded(inputs / name, spec["color"])})
+        grey.append(np.abs(pixels[0].astype(int) - images.decode(inputs / name, (3, SIZE, SIZE), policy).numpy()))
+        probs = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+        assert spec["classes"][probs.argmax()] == by_checkpoint[path][0] == by_file[path][0], path
+        worst_graph = max(worst_graph, abs(probs.max() - by_checkpoint[path][1]))
+        worst_file = max(worst_file, abs(by_file[path][1] - by_checkpoint[path][1]))
+    grey = np.stack(grey)
+    print(f"\n{policy}: in-graph resize vs Pillow: grey levels max {grey.max()}, mean {grey.mean():.3f}; largest "
+          f"probability difference from cnn-predict {worst_graph:.1e}, cnn-predict on the file {worst_file:.1e}")
+    assert grey.max() <= 2 and grey.mean() < 0.25  # without exclude_outside=1, up to 15 grey levels
+    assert worst_file < 1e-4 and worst_graph < 1e-2
+
+
+def test_any_size_is_refused_where_it_cannot_be_built(tree: Path, exported: Path, tmp_path: Path) -> None:
+    """.pt2 fixes the resized size; a model without a resize policy takes one size only."""
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.val_size=0",
+                                                  f"dataset.cache_dir={tmp_path / 'cache'}"])
+    cases = [(ckpt, {"format": "exported"}, r"format=exported cannot take images of any size"),
+             (ckpt, {"preprocess": False}, r"needs preprocess=true"),
+             (ckpt, {"opset": 17}, r"needs opset >= 18 \(Resize with antialias\)"),
+             (exported / "ck.pt", {}, r"dataset mnist_sample has no resize policy, so it takes 1x28x28 samples only")]
+    for checkpoint, changes, pattern in cases:
+        out = tmp_path / "any.out"
+        cfg = export_cfg(checkpoint, "onnx", output=str(out), any_size=True, root=str(tree))
+        cfg.update(changes)
+        with pytest.raises(UserError, match=pattern) as err:
+            run_export(cfg)
+        assert len(str(err.value).splitlines()) == 1 and not out.exists() and not contract.sidecar(out).exists()
+
+
+def test_an_any_size_torchscript_file_classifies_decoded_files_as_cnn_predict_does(
+        tree: Path, inputs: Path, tmp_path: Path) -> None:
+    import torch
+
+    from cnn_cli import anysize
+    from cnn_cli.export import _asked_for_torchscript, _load_torchscript
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
+                                                  f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.val_size=0",
+                                                  f"dataset.cache_dir={tmp_path / 'cache'}"])
+    script = tmp_path / "any.torchscript.pt"
+    run_export(export_cfg(ckpt, "torchscript", output=str(script), any_size=True, root=str(tree)))
+    model = _load_torchscript(script)
+    by_checkpoint = predict(str(ckpt), inputs, tmp_path / "checkpoint.csv")
+    by_file = predict(str(script), inputs, tmp_path / "script.csv")
+    for name, _, _ in ODD:
+        path = str(inputs / name)
+        probs = model(torch.from_numpy(decoded(inputs / name, "RGB").copy())).softmax(1)[0]
+        assert ["cat", "dog"][probs.argmax()] == by_checkpoint[path][0] == by_file[path][0], path
+        assert abs(probs.max().item() - by_checkpoint[path][1]) < 1e-2, path
+    spec = json.loads(contract.sidecar(script).read_text())
+    for policy in ("shorter_side_then_center_crop", "pad", "stretch"):  # the scripted resize, pixel by pixel
+        with _asked_for_torchscript():
+            resize = torch.jit.script(anysize.Resized(torch.nn.Identity(), {**spec, "resize": {"policy": policy}}))
+        grey = np.stack([np.abs(resize(torch.from_numpy(decoded(inputs / name, "RGB").copy()))[0].numpy().astype(int)
+                                - images.decode(inputs / name, (3, SIZE, SIZE), policy).numpy()) for name, _, _ in ODD])
+        assert grey.max() <= 2 and grey.mean() < 0.25, policy

@@ -66,7 +66,7 @@ def save_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
 
 def export_cfg(ckpt: Path, fmt: str, **changes) -> dict:
     return OmegaConf.create({"checkpoint": str(ckpt), "format": fmt, "output": None, "fuse_bn": True,
-                             "preprocess": True, "opset": None, "root": None, "verify_inputs": None,
+                             "preprocess": True, "any_size": False, "opset": None, "root": None, "verify_inputs": None,
                              **changes})
 
 
