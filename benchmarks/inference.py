@@ -25,7 +25,6 @@ from typing import Callable
 import onnxruntime
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from cnn_cli import checkpoint, data
 from cnn_cli.builder import build_from_config
@@ -60,9 +59,8 @@ def exported(model: str, folder: Path) -> tuple[Path, Path]:
                  config=checkpoint.recorded_config(cfg))
     ckpt = folder / f"{model}.pt"
     checkpoint.save(state, ckpt)
-    report = run_export(OmegaConf.create({"checkpoint": str(ckpt), "format": "onnx", "output": None, "fuse_bn": True,
-                                          "preprocess": True, "opset": None, "root": None,
-                                          "verify_inputs": None}))
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):  # cnn-export's own defaults
+        report = run_export(compose("export", overrides=[f"checkpoint={ckpt}", "format=onnx"]))
     print(f"{model}: exported, largest logit difference {report['max_abs_difference']:.1e}")
     return ckpt, Path(report["output"])
 
