@@ -4,7 +4,7 @@ from launch to its printed test accuracy, taking turns (A B B A A B ...) so that
 machine's changing load, and a trend in it, falls on both alike.
 
     python benchmarks/speedrun.py --root ../shared/data [--rounds 5] [--seed 0] [--steps 937]
-                                  [-- cnn-train overrides]
+                                  [--device cpu] [-- cnn-train overrides]
 
 Prints each run, then the medians, the ratio cnn-train / script, and the load average
 (uptime's 1-minute figure) before and after. The script runs one thread, as written for
@@ -49,18 +49,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="A B pairs; medians over them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=937, help="training steps (the recipe's one epoch)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: both contenders train there")
     parser.add_argument("overrides", nargs="*", help="extra cnn-train overrides")
     args = parser.parse_args()
     root = str(Path(args.root).resolve())
     script = [sys.executable, str(Path(__file__).with_name("mnist_plain.py")), "--root", root,
-              "--seed", str(args.seed), "--steps", str(args.steps)]
+              "--seed", str(args.seed), "--steps", str(args.steps), "--device", args.device]
     load_before = os.getloadavg()[0]
     runs: dict[str, list[tuple[float, float, float]]] = {"cnn-train": [], "script": []}
     with tempfile.TemporaryDirectory(prefix="cnn-speedrun-") as tmp:
         for r in range(args.rounds):
             cnn = [cnn_train(), "experiment=mnist_speedrun", f"dataset.root={root}", f"seed={args.seed}",
                    f"trainer.limit_train_batches={args.steps}", "trainer.progress=false",
-                   f"hydra.run.dir={Path(tmp) / str(r)}", *args.overrides]
+                   f"trainer.device={args.device}", f"hydra.run.dir={Path(tmp) / str(r)}", *args.overrides]
             pair = [("cnn-train", cnn), ("script", script)]
             for name, command in pair if r % 2 == 0 else pair[::-1]:  # A B B A ...: a trend in the load evens out
                 runs[name].append(timed(command))

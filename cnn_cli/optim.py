@@ -172,6 +172,8 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     length_key = LENGTH_KEYS.get(options["name"])
     if length_key and options.get(length_key) is None:
         options[length_key] = max(1, total - warmup)
+    if options["name"] == "OneCycleLR":
+        _check_one_cycle(options)
     if "max_lr" in options:  # OneCycleLR sets each group's rate itself: keep the groups' scales (transfer)
         options["max_lr"] = [options["max_lr"] * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     main = _construct("scheduler", SCHEDULERS, options, optimizer)
@@ -179,6 +181,16 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
         return main, per_step
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_step
+
+
+def _check_one_cycle(options: dict[str, Any]) -> None:
+    """OneCycleLR divides by each phase's length, so a run too short for both phases would stop
+    with torch's 'float division by zero'; say which numbers clash instead."""
+    steps, pct = options["total_steps"], options.get("pct_start", 0.3)
+    if not 1 < pct * steps < steps:
+        raise UserError(f"scheduler.pct_start={pct} of {steps} steps leaves the warm-up or the decay of OneCycleLR "
+                        "without a step: train more steps (trainer.epochs, trainer.limit_train_batches) or change "
+                        "scheduler.pct_start")
 
 
 def step_after_epoch(scheduler: Any, cfg: DictConfig, row: dict[str, float]) -> None:

@@ -217,6 +217,21 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
 
 
+@pytest.mark.parametrize(("steps", "pct_start"), [(5, 0.2), (10, 1.0)])
+def test_a_one_cycle_too_short_for_its_phases_is_a_clear_error(steps: int, pct_start: float) -> None:
+    from omegaconf import OmegaConf
+
+    from cnn_cli.errors import UserError
+    from cnn_cli.optim import build_scheduler
+
+    cfg = OmegaConf.create({"name": "OneCycleLR", "max_lr": 0.1, "pct_start": pct_start, "interval": "step"})
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(UserError, match=rf"scheduler.pct_start={pct_start} of {steps} steps .* train more steps"):
+        build_scheduler(cfg, optimizer, steps_per_epoch=steps, epochs=1)
+    cfg.pct_start = 0.3
+    build_scheduler(cfg, optimizer, steps_per_epoch=20, epochs=1)  # both phases have steps: builds
+
+
 @pytest.mark.e2e
 def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: Path) -> None:
     # threshold 10 (relative, mode min) counts no epoch as an improvement, so with patience 0
