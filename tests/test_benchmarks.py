@@ -24,7 +24,7 @@ TINY_ARGS = {
     "mnist_plain.py": ["--root", "{root}", "--steps", "2"],
     "memory_format.py": ["--steps", "1", "--batch-size", "2", "--repeats", "1"],
     "scaling.py": ["--root", "{root}", "--sizes", "300", "--total", "6000", "--epochs", "2", "--memory-epochs", "2"],
-    "speedrun.py": ["--root", "{root}", "--rounds", "1", "--steps", "2"],
+    "speedrun.py": ["--root", "{root}", "--rounds", "1", "--steps", "10"],
     "speed.py": ["--root", "{root}", "--epochs", "2", "--batches", "2", "--repeats", "2"],
     "throughput.py": ["--epochs", "2", "--batches", "2", "--batch-size", "4", "--models", "resnet20",
                       "--precisions", "32"],
