@@ -234,22 +234,22 @@ def _read_array(key: str, opener: Callable[[], IO[bytes]], where: str) -> np.nda
     if not samples and rank != 0:
         raise UserError(f"{what} has shape {_shape(shape)}; give one label per sample (N,), e.g. {key}.ravel()")
     if not all(shape):
-        raise UserError(f"{what} has shape {_shape(shape)}, which holds no samples; give some, or leave "
-                        f"{key} out")
+        raise UserError(f"{what} has shape {_shape(shape)}, which holds no samples; give some"
+                        + f", or leave {key} out" * (not key.endswith("_train")))
     bounds.check_memory(int(np.prod(shape, dtype=object)) * dtype.itemsize, what, "give fewer samples")
     with opener() as file:
         try:
             array = np.lib.format.read_array(file, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise UserError(f"{what} is truncated or damaged ({first_line(err)[:80]}); save it again") from None
-    if not samples:
+    if not samples or dtype == np.uint8:
         return array
-    array = array if dtype == np.uint8 else array.astype(np.float32, copy=False)
-    if dtype != np.uint8:
-        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
-        if not finite.all():
-            raise UserError(f"{what} holds NaN or infinite readings (first in sample {int(np.argmin(finite))}; "
-                            f"{int((~finite).sum())} samples in all); drop or fill them first")
+    with np.errstate(over="ignore"):  # a float64 reading beyond float32's range becomes inf, refused just below
+        array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if not finite.all():
+        raise UserError(f"{what} holds NaN or infinite readings (first in sample {int(np.argmin(finite))}; "
+                        f"{int((~finite).sum())} samples in all); drop or fill them first")
     return array
 
 
