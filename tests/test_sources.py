@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cnn_cli import contract, data, imagefolder, train
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+from cnn_cli.evaluate import run_eval
+from cnn_cli.export import run_export
 from helpers import ONE_THREAD, cnn, one_error_line
 
 register()
@@ -95,7 +98,18 @@ def test_logged_sensor_windows_in_an_npz_train_with_shape_classes_and_normalisat
     np.testing.assert_allclose(dataset.std, kept.std(axis=(0, 2)), atol=1e-5)
     assert contract.of(dataset)["samples"] == "float32" and contract.of(dataset)["color"] is None
     train.train(run)
-    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[f"checkpoint={best}", f"root={tmp_path / 'imu.npz'}"])
+        nowhere = compose("eval", overrides=[f"checkpoint={best}"])
+    report = run_eval(eval_cfg)  # the same arrays, so the same split: the run's own test set and number
+    assert report["test_set"]["count"] == 5 and report["accuracy"] == report["recorded_accuracy"]
+    with pytest.raises(UserError, match=r"the run trained on numpy arrays: give them with root=FILE.npz or DIR"):
+        run_eval(nowhere)
+    exported = run_export(OmegaConf.create({"checkpoint": str(best), "format": "torchscript", "output": None,
+                                            "fuse_bn": True, "preprocess": True, "any_size": False, "opset": None,
+                                            "root": str(tmp_path / "imu.npz"), "verify_inputs": None}))
+    assert exported["verified_on"] == "5 test images of root=" + str(tmp_path / "imu.npz")
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 4, 6, 6)])
