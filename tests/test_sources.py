@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnn_cli import contract, data, imagefolder, train
+from cnn_cli import contract, data, imagefolder, schema, train
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
@@ -64,6 +64,16 @@ def test_an_image_folder_run_walks_its_tree_once_and_stats_each_file_once(tmp_pa
     print("walks", walks, "stats", file_stats)
     assert set(walks.values()) == {1}, walks
     assert set(file_stats.values()) == {1}, file_stats
+
+
+def test_the_schema_check_reads_no_file_and_summary_resolves_like_train(tmp_path: Path) -> None:
+    cfg = composed("dataset=imagefolder", f"dataset.root={tmp_path / 'nowhere'}")
+    schema.check(cfg)  # pure: the missing folder is the dataset's to find, when a run resolves it
+    assert cfg.dataset.input_shape is None
+    with pytest.raises(UserError, match="does not exist"):
+        data.resolve(cfg.dataset)
+    with pytest.raises(UserError, match=r"dataset.source 'MNIST2' is not one of MNIST, FashionMNIST, .*, arrays"):
+        data.check(composed("dataset.source=MNIST2").dataset)
 
 
 # ---------------------------------------------------------------------------- dataset=arrays
