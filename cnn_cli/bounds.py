@@ -18,6 +18,7 @@ MAX_EXPANSION = 100  # how many times larger than stored a checkpoint's member m
 
 
 ALWAYS_FITS = 64 << 20  # bytes any machine that runs torch has free
+MAX_CLASSES = 100_000  # far above any real label set (ImageNet-21k has 21,841), so a typo cannot fill memory
 MAX_SEED = 2**32 - 1  # numpy's range; a seed times the epoch stride stays in torch's 64 bits
 
 

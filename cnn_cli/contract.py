@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from cnn_cli import data as data_mod
+from cnn_cli import bounds, data as data_mod, sources
 from cnn_cli.errors import UserError
 
 VERSION = 1
@@ -39,7 +39,7 @@ CROPS = {"none": "none", "stretch": "none",
 def of(dataset: DictConfig) -> dict[str, Any]:
     """The contract of a (resolved) dataset config, as a checkpoint records it."""
     shape = [int(s) for s in dataset.input_shape]
-    floats = dataset.source in data_mod.FLOAT_SOURCES
+    floats = sources.of(dataset).stores_floats(dataset)
     mean, std = data_mod.channel_stats(dataset)
     image = len(shape) == 3 and shape[0] in (1, 3) and not floats
     policy = dataset.get("resize") or "none"
@@ -115,9 +115,9 @@ def parse(text: bytes, where: str) -> dict[str, Any]:
     if min(value["std"]) <= 0:
         raise bad("std holds a value <= 0")
     classes = value.get("classes")
-    if not (isinstance(classes, list) and 2 <= len(classes) <= data_mod.MAX_CLASSES
+    if not (isinstance(classes, list) and 2 <= len(classes) <= bounds.MAX_CLASSES
             and all(isinstance(c, str) and len(c) <= 1000 for c in classes)):
-        raise bad(f"classes is {_short(classes)}, not 2 to {data_mod.MAX_CLASSES:,} names")
+        raise bad(f"classes is {_short(classes)}, not 2 to {bounds.MAX_CLASSES:,} names")
     return value
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, data as data_mod, distributed, runtime
+from cnn_cli import checkpoint, data as data_mod, distributed, runtime, sources
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import DataMissing, UserError
@@ -99,7 +99,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     print and save loss, accuracy, per-class accuracy and the confusion matrix."""
     trained = load_trained(cfg.checkpoint)
     path, train_cfg, model = trained.path, trained.config, trained.model  # the JSON report goes beside path
-    _data_from_root(train_cfg.dataset, cfg.root, cfg.dataset.fallback)
+    source = sources.of(train_cfg.dataset)
+    _data_from_root(source, train_cfg.dataset, cfg.root, cfg.dataset.fallback)
     if cfg.split not in ("test", "val"):
         raise UserError(f"split={cfg.split}: choose test or val")
     device = runtime.resolve_device(cfg.device)
@@ -111,7 +112,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     try:
         data = data_mod.load(train_cfg.dataset, device)
     except DataMissing as missing:
-        raise UserError(_not_found(recorded_name, str(train_cfg.dataset.source), cfg.root, missing)) from None
+        raise UserError(_not_found(recorded_name, source, cfg.root, missing)) from None
     split = data.test if cfg.split == "test" else data.val
     if not len(split):
         raise UserError("split=val: this run held out no validation split (dataset.val_size=0); use split=test")
@@ -122,7 +123,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
-    fallback = data.name == data_mod.FALLBACK_NAME
+    fallback = data.fallback
     recorded = recorded_accuracy(path, cfg.split)
     report: dict[str, Any] = {
         "checkpoint": str(path), "split": cfg.split, "dataset": data.name,
@@ -155,26 +156,25 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _data_from_root(dataset: DictConfig, root: str | None, fallback: bool) -> None:
+def _data_from_root(source: sources.Source, dataset: DictConfig, root: str | None, fallback: bool) -> None:
     """Point the run's dataset config at root= (default data/): the data is looked for
     there, never where the checkpoint's author kept it, and not downloaded; the bundled
     sample stands in for missing MNIST only when this evaluation asks (dataset.fallback=true),
     whatever the run did."""
     dataset.fallback = fallback
-    if dataset.source == data_mod.IMAGEFOLDER:
+    if source.own_files:
         if not root:
-            raise UserError("the run trained on a folder of images: give it with root=DIR (the same tree, so that "
-                            "its split is the same)")
-        dataset.cache_dir = None  # the cache goes in DIR or the user's cache folder, as for training
+            raise UserError(f"the run trained on {source.own_files}")
+        dataset.cache_dir = None  # an image cache goes in DIR or the user's cache folder, as for training
     dataset.root = root or "data"
     dataset.download = False
 
 
-def _not_found(name: str, source: str, root: str | None, missing: DataMissing) -> str:
+def _not_found(name: str, source: sources.Source, root: str | None, missing: DataMissing) -> str:
     """One line: the recorded dataset, where it was looked for, and the two ways on."""
     where = f"root={root}" if root else "data/ (root= not given)"
     instead = (", or dataset.fallback=true to evaluate on the bundled 1,000-digit MNIST sample instead (another test "
-               "set, and the report says so)") if source == "MNIST" else ""
+               "set, and the report says so)") if source.falls_back else ""
     return (f"the checkpoint's dataset '{name}' is not in {where}: looked in {missing.looked_in}; give the folder "
             f"that holds it with root=DIR{instead}")
 

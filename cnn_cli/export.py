@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import anysize, checkpoint, contract, data as data_mod, outputs
+from cnn_cli import anysize, checkpoint, contract, data as data_mod, outputs, sources
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -317,32 +317,32 @@ def verification_samples(train_cfg: DictConfig, root: str | None, inputs: str | 
         return _samples_in(Path(inputs).expanduser(), inputs, train_cfg.dataset)
     # looked for here (as cnn-eval does), never where the checkpoint's author kept it
     dataset = OmegaConf.merge(train_cfg.dataset, {"root": root or "data", "download": False, "fallback": False})
-    if dataset.source == data_mod.IMAGEFOLDER and root:
-        dataset.cache_dir = None  # the cache goes in root or the user's cache folder, as for training
+    source = sources.of(dataset)
+    if source.own_files and root:
+        dataset.cache_dir = None  # an image cache goes in root or the user's cache folder, as for training
         data = data_mod.load(dataset)  # root= names the tree: what is wrong with it is said
         split = next((s for s in (data.test, data.val, data.train) if len(s)))
         images = split.images[:VERIFY_IMAGES]
         which = "test" if split is data.test else "validation" if split is data.val else "training (none held out)"
         return images, f"{len(images)} {which} images of root={root}"
-    # random data is drawn below, without its 60,000 images; an image folder needs root=
-    if dataset.source not in (data_mod.RANDOM, data_mod.IMAGEFOLDER):
+    # random data is drawn below, without its 60,000 images; a user's own files need root=
+    if not (source.drawn or source.own_files):
         try:
             images = data_mod.load(dataset).test.images[:VERIFY_IMAGES]
             return images, f"{len(images)} {dataset.name} test images"
         except UserError:
             pass
     shape = tuple(dataset.input_shape)
-    hint = " (give root=DIR or verify_inputs=DIR to verify on your images)" * (dataset.source == data_mod.IMAGEFOLDER)
-    if shape == (1, 28, 28):
-        sample = OmegaConf.merge(dataset, {"source": data_mod.SAMPLE, "val_size": 1})
-        images = data_mod.load(sample).test.images[:VERIFY_IMAGES]
+    hint = source.verify_hint
+    if shape == (1, 28, 28) and not source.stores_floats(dataset):
+        images = sources.MNIST_SAMPLE.read(dataset, None, "cpu").test[0][:VERIFY_IMAGES]
         return images, f"{len(images)} images of the bundled MNIST sample ({dataset.name} not found){hint}"
     gen = torch.Generator().manual_seed(0)
-    if dataset.source in data_mod.FLOAT_SOURCES:  # readings: the file must take float32, as the dataset stores them
+    if source.stores_floats(dataset):  # readings: the file must take float32, as the dataset stores them
         images = torch.randn((VERIFY_IMAGES, *shape), generator=gen)
     else:
         images = torch.randint(0, 256, (VERIFY_IMAGES, *shape), dtype=torch.uint8, generator=gen)
-    missing = "" if dataset.source == data_mod.RANDOM else f" ({dataset.name} not found){hint}"
+    missing = "" if source.drawn else f" ({dataset.name} not found){hint}"
     return images, f"{VERIFY_IMAGES} random images{missing}"
 
 

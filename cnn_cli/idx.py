@@ -15,7 +15,6 @@ from torch import Tensor
 
 # torchvision's names for MNIST's and FashionMNIST's unpacked files, in <root>/<Class>/raw/
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-SOURCES = ("MNIST", "FashionMNIST")
 _UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one these files use
 
 

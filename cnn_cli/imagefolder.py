@@ -71,8 +71,8 @@ def resolve(cfg: DictConfig) -> tuple[Listing, Cache]:
     """Fill in what the user need not type (input_shape, num_classes, classes, mean, std) from
     the tree and its cache, decoding it if need be, so the model's `${dataset.num_classes}`
     and every later tool see a complete dataset config (recorded in the checkpoint); returns
-    the tree's listing and cache, for `read` to use without walking the tree again."""
-    check(cfg)
+    the tree's listing and cache, for `read` to use without walking the tree again. `check`
+    has passed."""
     listing = scan(cfg)
     with open_dict(cfg):
         if cfg.classes is not None and list(cfg.classes) != listing.classes:
@@ -97,13 +97,7 @@ def check(cfg: DictConfig) -> None:
     if cfg.resize is not None and cfg.resize not in images.RESIZE:
         raise UserError(f"dataset.resize={cfg.resize}: choose {', '.join(images.RESIZE)}, or null (every image must "
                         "then have dataset.input_shape's size)")
-    for key in ("val_size", "test_size"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or (isinstance(value, float) and value >= 1):
-            raise UserError(f"dataset.{key}={value}: give a count of images (an integer >= 0) or a fraction of each "
-                            f"class (0 <= x < 1), e.g. dataset.{key}=0.1")
-    bounds.check_seed("dataset.split_seed", cfg.split_seed)  # it splits the files before data.check runs
+    check_held_out(cfg)
     if cfg.workers is not None and cfg.workers < 1:
         raise UserError(f"dataset.workers={cfg.workers} must be >= 1 (or null: all cores)")
     if cfg.max_memory_gb is not None and cfg.max_memory_gb < 0:
@@ -115,6 +109,17 @@ def check(cfg: DictConfig) -> None:
     if not cfg.root:
         raise UserError("dataset.root is empty; give the folder of your images: dataset.root=DIR holding DIR/<class>/ "
                         "or DIR/train/<class>/")
+
+
+def check_held_out(cfg: DictConfig) -> None:
+    """dataset.val_size and test_size, counts or fractions, and the seed that draws them: before any split."""
+    for key in ("val_size", "test_size"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (isinstance(value, float) and value >= 1):
+            raise UserError(f"dataset.{key}={value}: give a count of samples (an integer >= 0) or a fraction of each "
+                            f"class (0 <= x < 1), e.g. dataset.{key}=0.1")
+    bounds.check_seed("dataset.split_seed", cfg.split_seed)  # it splits the files before data.check runs
 
 
 # ---------------------------------------------------------------------------- the tree
@@ -361,15 +366,23 @@ def split_rows(cfg: DictConfig, listing: Listing, bad: set[str]) -> tuple[np.nda
     """Cache rows of train, val and test, the `bad` files left out: the tree's own split folders
     where it has them, the rest drawn per class (stratified) with dataset.split_seed."""
     good = np.array([f.as_posix() not in bad for f in listing.files], dtype=bool)
-    given = {name: np.flatnonzero((listing.splits == i) & good) for i, name in enumerate(SPLITS)}
-    pool = given["train"] if (listing.splits >= 0).any() else np.flatnonzero(good)
+    return draw_splits(cfg, listing.labels, listing.splits, good)
+
+
+def draw_splits(cfg: DictConfig, labels: np.ndarray, splits: np.ndarray,
+                good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of train, val and test among the `good` ones: those `splits` gives (index into SPLITS, or
+    -1 for none), the rest held out of train per class (stratified), dataset.val_size and test_size
+    of it (a count or a fraction), with dataset.split_seed."""
+    given = {name: np.flatnonzero((splits == i) & good) for i, name in enumerate(SPLITS)}
+    pool = given["train"] if (splits >= 0).any() else np.flatnonzero(good)
     rng = np.random.default_rng(cfg.split_seed)
     rows = {"train": pool}
     for name in ("val", "test"):
         if len(given[name]):
             rows[name] = given[name]
             continue
-        taken = _stratified(rows["train"], listing.labels, cfg[f"{name}_size"], rng)
+        taken = _stratified(rows["train"], labels, cfg[f"{name}_size"], rng)
         rows[name] = taken
         rows["train"] = np.setdiff1d(rows["train"], taken)
     if not len(rows["train"]):

@@ -30,9 +30,21 @@ def is_image(path: Path) -> bool:
 
 def image_files(folder: Path) -> list[Path]:
     """Every image file under `folder`, recursively, sorted; symlinked folders are not followed
-    (no loops), and only regular files are taken (a pipe named x.png would block the read)."""
-    found = [Path(top) / name for top, _, names in os.walk(folder) for name in names]
-    return sorted(p for p in found if is_image(p) and p.is_file())
+    (no loops), and only regular files are taken (a pipe named x.png would block the read).
+    Each folder is listed once, and a file is told from a folder by the listing's own entry
+    type, with no stat call per file (a tree of 100,000 images on a network disk)."""
+    found, folders = [], [folder]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+                    elif is_image(Path(entry.name)) and entry.is_file():
+                        found.append(Path(entry.path))
+        except OSError:  # a folder that cannot be listed holds nothing we can read (as os.walk skips it)
+            continue
+    return sorted(found)
 
 
 RESIZE = ("shorter_side_then_center_crop", "stretch", "pad")  # dataset.resize: how an image of another size fits

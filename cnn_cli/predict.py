@@ -15,12 +15,11 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, contract, deployed, images, outputs, runtime
+from cnn_cli import checkpoint, contract, deployed, images, outputs, runtime, sources
 from cnn_cli.errors import UserError, first_line, printable
 from cnn_cli.evaluate import load_trained
 
 NPY = ".npy"
-LIGHT_ON_DARK = ("MNIST", "sample")  # dataset sources whose digits are light strokes on a dark background
 
 
 def run_predict(cfg: DictConfig) -> int:
@@ -40,8 +39,9 @@ def run_predict(cfg: DictConfig) -> int:
     rows, inverted = [], 0
     shape, resize = contract.decode_shape(spec)
     samples = _samples(files, shape, spec["samples"] == "float32", skipped, resize)
+    source = sources.named(spec["source"])
     for names, batch in _batches(samples, batch_size):
-        if spec["source"] in LIGHT_ON_DARK:
+        if source is not None and source.light_on_dark:
             inverted += int((batch.flatten(1).float().mean(1) > 127).sum())
         probs = logits(batch).float().softmax(1)
         top = probs.topk(cfg.top_k, dim=1)

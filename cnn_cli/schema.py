@@ -21,7 +21,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
-from cnn_cli import bounds, data, optim, stopping
+from cnn_cli import bounds, optim, stopping
 from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
@@ -107,6 +107,7 @@ class DatasetSchema:
     workers: Optional[int] = None
     max_memory_gb: Optional[float] = None
     skip_bad: bool = True
+    samples: Optional[str] = None  # dataset=arrays only: uint8 or float32; null: what x_train holds
 
 
 @dataclass
@@ -224,7 +225,8 @@ def _scheduler_keys(cls: type) -> list[tuple[str, Any, Any]]:
 def check(cfg: DictConfig) -> None:
     """What composing cannot catch: keys added with `+` that nothing reads, and values a
     type cannot rule out (counts below 1, fractions outside [0, 1), ...); the dataset's
-    own checks are data.check's, which cnn-summary runs too."""
+    own checks are data.check's, run when a run resolves its dataset (cnn-summary too). Pure:
+    it reads no file."""
     check_norm(cfg.model)
     _finite(cfg, "")
     bounds.check_seed("seed", cfg.seed)
@@ -254,7 +256,6 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"trainer.grad_clip_norm={trainer.grad_clip_norm} must be > 0 (or null for no clipping)")
     _check_ema_and_early_stopping(trainer, cfg.dataset.val_size)
     optim.check(cfg, trainer.epochs)
-    data.resolve(cfg.dataset)
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
                         "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")

@@ -183,6 +183,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         cfg = _resumed_config(resumed, task_overrides)
     pretrained.default_normalisation(cfg)
     schema.check(cfg)
+    opened = data_mod.resolve(cfg.dataset)  # the one look at the files before reading: imagefolder decodes here
     hidden = checkpoint.environment_values(cfg, checkpoint.recorded_config(cfg))
     if hidden:  # the log (train.log, the console) says ${oc.env:KEY} where the config did
         for handler in logging.getLogger().handlers:
@@ -210,7 +211,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     loaded = resumed["progress"].get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
     frozen = transfer.frozen_layers(model, trainer.get("freeze"))
     transfer.freeze(model, frozen)
-    data = _data(cfg, device, rank)
+    data = _data(cfg, device, rank, opened)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     for limit in (trainer.limit_train_batches, trainer.overfit_batches):
         if limit:
@@ -264,18 +265,16 @@ def _model(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> nn.
     return runtime.to_memory_format(model, runtime.memory_format(cfg.trainer.channels_last, rank_of_samples))
 
 
-def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank) -> data_mod.Data:
+def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank, opened: data_mod.Opened) -> data_mod.Data:
     """The dataset on the device, described in the log; a batch larger than the training set
     becomes the whole set (in cfg.trainer.batch_size, so the checkpoint records it)."""
     trainer = cfg.trainer
-    data = data_mod.load(cfg.dataset, device)
+    data = data_mod.load(cfg.dataset, device, opened)
     log.info("data: %s, %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val),
              len(data.test), device)
     if not len(data.test):
-        fix = (f"dataset.test_size={cfg.dataset.test_size} holds out none of so few images: give a count, e.g. "
-               "dataset.test_size=2, or a DIR/test/ folder" if cfg.dataset.source == data_mod.IMAGEFOLDER
-               else "give the test split some")
-        raise UserError(f"{data.name} has no test samples, and the run ends with a report on them; {fix}")
+        raise UserError(f"{data.name} has no test samples, and the run ends with a report on them; "
+                        f"{opened.source.empty_test_fix(cfg.dataset)}")
     if trainer.get("fit_to_data"):
         trainer.batch_size, trainer.epochs, said = recipe.fit_to_data(len(data.train))
         log.info("fit to the data: %s", said)

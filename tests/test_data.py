@@ -21,7 +21,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torchvision import datasets
 
-from cnn_cli import data
+from cnn_cli import data, sources
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from helpers import MNIST_FILES, cnn, mnist_images, tiny, write_idx
@@ -342,11 +342,11 @@ def test_missing_mnist_falls_back_to_the_sample_with_a_warning(tmp_path: Path, c
     root = tmp_path / "empty"
     root.mkdir()
     cfg = compose_dataset("dataset=mnist", f"dataset.root={root}", "dataset.download=false")
-    with caplog.at_level(logging.WARNING, logger="cnn_cli.data"):
+    with caplog.at_level(logging.WARNING, logger="cnn_cli.sources"):
         loaded = data.load(cfg)
-    assert loaded.name == data.FALLBACK_NAME == "mnist_sample (fallback)"
+    assert loaded.name == sources.FALLBACK_NAME == "mnist_sample (fallback)"
     assert (len(loaded.train), len(loaded.val), len(loaded.test)) == (3500, 500, 1000)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cnn_cli.data"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "cnn_cli.sources"]
     assert len(warnings) == 1
     text = warnings[0].getMessage()
     assert str(root.resolve() / "MNIST" / "raw") in text

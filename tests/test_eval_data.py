@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from cnn_cli import data as data_mod
+from cnn_cli import sources
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
 from test_use_model import save_checkpoint
@@ -55,11 +55,11 @@ def test_the_bundled_sample_only_when_asked_and_said_first_and_in_the_json(
     shutil.copytree(mnist_run, run)
     with caplog.at_level(logging.INFO):
         report = run_eval(eval_cfg(f"checkpoint={run}", "dataset.fallback=true"))
-    assert report["test_set"] == {"name": data_mod.FALLBACK_NAME, "split": "test", "count": 1000,
+    assert report["test_set"] == {"name": sources.FALLBACK_NAME, "split": "test", "count": 1000,
                                   "read_from": "mnist_sample.npz (bundled with cnn-cli)", "fallback": True}
     assert report["recorded_accuracy"] == 0.9874
     saved = json.loads((run / "checkpoints" / "best.eval-test.json").read_text())
-    assert saved["test_set"]["fallback"] is True and saved["dataset"] == data_mod.FALLBACK_NAME
+    assert saved["test_set"]["fallback"] is True and saved["dataset"] == sources.FALLBACK_NAME
     lines = [r.getMessage() for r in caplog.records if r.name == "cnn_cli.evaluate"]
     assert lines[1].startswith("evaluated on mnist_sample (fallback) test: 1000 images read from mnist_sample.npz")
     assert "NOT the test set of the checkpoint's dataset 'mnist'" in lines[1]  # lines[0]: which checkpoint

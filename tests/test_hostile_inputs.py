@@ -487,7 +487,7 @@ def test_an_exif_rotated_first_image_gives_the_upright_shape_and_decodes(tmp_pat
             exif[0x0112] = 6  # stored 30 wide, 20 high; shown turned a quarter: 20 wide, 30 high
             Image.new("L", (30, 20), 40 * i).save(root / name / f"{i}.jpg", exif=exif)
     cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1"])
-    listing, cache = data_mod.resolve(cfg.dataset)
+    listing, cache = data_mod.resolve(cfg.dataset).found
     assert list(cfg.dataset.input_shape) == [1, 30, 20] and not cache.meta["bad"]
     from cnn_cli import images
 
