@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import anysize, checkpoint, contract, data as data_mod, outputs
+from cnn_cli import anysize, checkpoint, contract, data as data_mod, files
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -190,8 +190,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"opset={cfg.opset} is for format=onnx only; drop it")
     trained = load_trained(cfg.checkpoint)
     fmt = FORMATS[cfg.format]
-    out = outputs.output_file(cfg.output) if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
-    if outputs.is_checkpoint(out):  # the default name beside a checkpoint named like an export
+    out = files.output_file(cfg.output) if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
+    if files.is_checkpoint(out):  # the default name beside a checkpoint named like an export
         raise UserError(f"{out} (the default output) is a checkpoint; give another file name with output=FILE")
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
     raw, source = verification_samples(trained.config, cfg.root, cfg.verify_inputs)

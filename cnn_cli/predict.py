@@ -15,8 +15,9 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, contract, deployed, images, outputs, runtime
+from cnn_cli import checkpoint, contract, deployed, images, runtime
 from cnn_cli.errors import UserError, first_line, printable
+from cnn_cli.files import output_file
 from cnn_cli.evaluate import load_trained
 
 NPY = ".npy"
@@ -34,7 +35,7 @@ def run_predict(cfg: DictConfig) -> int:
     batch_size = run_batch_size if cfg.batch_size is None else cfg.batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
-    output = outputs.output_file(cfg.output) if cfg.output else None
+    output = output_file(cfg.output) if cfg.output else None
     files = expand(cfg.inputs)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
