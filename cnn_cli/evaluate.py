@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, data as data_mod, distributed, runtime
+from cnn_cli import checkpoint, data as data_mod, distributed, files, runtime
 from cnn_cli.builder import build_from_config
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import DataMissing, UserError
@@ -148,7 +148,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
                  fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
     try:
-        checkpoint.write_text(out, json.dumps(report, indent=2) + "\n")
+        files.write_text(out, json.dumps(report, indent=2) + "\n")
         log.info("written %s", out)
     except UserError as err:  # a read-only folder: the report above is the result
         log.warning("note: the report was not saved (%s)", str(err).split(";")[0])

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import anysize, checkpoint, contract, data as data_mod, files
+from cnn_cli import anysize, contract, data as data_mod, files
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -226,10 +226,10 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
             raise UserError(f"format={cfg.format}: the exporter failed on model '{trained.config.model.name}' "
                             f"({first_line(err)[:200]}); nothing was written") from err
 
-    checkpoint.write_file(out, write, check=verify)
+    files.write_file(out, write, check=verify)
     side = contract.sidecar(out)
     try:
-        checkpoint.write_text(side, json.dumps(spec, indent=2) + "\n")
+        files.write_text(side, json.dumps(spec, indent=2) + "\n")
     except UserError:
         out.unlink(missing_ok=True)  # a model without its contract is not kept
         raise

@@ -15,9 +15,9 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, contract, deployed, images, runtime
+from cnn_cli import contract, deployed, images, runtime
 from cnn_cli.errors import UserError, first_line, printable
-from cnn_cli.files import output_file
+from cnn_cli.files import output_file, write_text
 from cnn_cli.evaluate import load_trained
 
 NPY = ".npy"
@@ -61,7 +61,7 @@ def run_predict(cfg: DictConfig) -> int:
         header += [f"{key}{k}" for k in range(2, cfg.top_k + 1) for key in ("top", "probability")]
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows([header, *([_inert(cell) for cell in row] for row in rows)])
-        checkpoint.write_text(output, text.getvalue())
+        write_text(output, text.getvalue())
         print(f"written {output} ({len(rows)} predictions)", file=sys.stderr)
     return len(skipped)
 

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from cnn_cli import checkpoint, distributed
+from cnn_cli import distributed, files
 from cnn_cli.errors import Refused, UserError
 
 try:
@@ -92,7 +92,7 @@ def claim(folder: Path) -> None:
         release(folder)
         raise UserError(f"{folder / planted[0]} is a symbolic link; the run would write wherever it points. Remove it "
                         "(or copy the run to a folder of your own), then try again")
-    checkpoint.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
+    files.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
 
 
 def release(folder: Path) -> None:

@@ -31,8 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cnn_cli
-from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, optim, pretrained, recipe, rundir,
-                     runtime, schema, stopping, tb, transfer)
+from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, files, optim, pretrained, recipe,
+                     rundir, runtime, schema, stopping, tb, transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
@@ -543,7 +543,7 @@ def finish(run: Run, writer: SummaryWriter) -> float:
             report["overfit_check"] = "passed" if overfit[0] else "failed"
         if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
             report["skipped_files"] = data.skipped_files
-        checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        files.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     run.save("last.pt", finished=True)
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \

@@ -445,7 +445,7 @@ def test_a_write_removes_the_temporary_files_of_dead_processes_only(tmp_path: Pa
     other = tmp_path / "notes.tmp"
     for path in (dead, alive, other):
         path.write_text("partial")
-    checkpoint.write_text(tmp_path / "report.json", "{}\n")
+    files.write_text(tmp_path / "report.json", "{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "report.json"])
 
 
