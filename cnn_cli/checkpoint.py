@@ -2,14 +2,18 @@
 
 A checkpoint is a dict of tensors, numbers, strings and the resolved config as plain
 containers, so `torch.load(weights_only=True)` reads it and a shared checkpoint can
-never run code when it is opened.
+never run code when it is opened. What a checkpoint holds besides weights (the RNG states,
+the versions, whether its run finished) and how a resume rebuilds its config from it (what
+may change, RESUMABLE) are here too: train.py only asks.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import pickle
 import re
+import shlex
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.resolvers import oc
 
+import cnn_cli
 from cnn_cli import bounds, files, optim
 from cnn_cli.errors import UserError, first_line
 
@@ -182,3 +187,57 @@ def _escape(value: Any) -> Any:
     if isinstance(value, list):
         return [_escape(v) for v in value]
     return value.replace("${", "\\${") if isinstance(value, str) else value
+
+
+# what may differ when a run is resumed: where and how visibly it runs, never what it computes
+RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
+             "trainer.log_histograms", "trainer.pictures_every_n_epochs", "dataset.root", "dataset.download")
+
+
+def resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
+    """The checkpoint's own config, plus overrides of where it runs (e.g. trainer.device)."""
+    changes = [o for o in task_overrides if not o.startswith(("resume=", "hydra."))]
+    for override in changes:
+        if override.split("=", 1)[0] not in RESUMABLE:
+            raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
+                            f"only {', '.join(RESUMABLE)} may be given. For a changed run, start a new one with "
+                            "init_from=<its last.pt>")
+    return OmegaConf.merge({"trainer": BEFORE_THESE_KEYS}, stored_config(resumed["config"]),
+                           OmegaConf.from_dotlist(changes))
+
+
+# trainer keys newer than some checkpoints, and what a run without them did
+BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+                     "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
+                     "keep_run_folder": True,
+                     "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
+
+
+def run_finished(resume: str, resumed: dict[str, Any]) -> bool:
+    """Whether the run a resume names has finished: its last.pt says so, whichever of its
+    checkpoints was named. A run continues from its last.pt, never from an earlier one."""
+    path = resolve(resume, "resume")
+    last = path.with_name("last.pt")
+    if path == last or not last.is_file():
+        return resumed["finished"]
+    if load(last, "resume")["finished"]:
+        return True
+    raise UserError(f"resume={resume}: a run continues from its last.pt, not {path.name}; use "
+                    f"resume={shlex.quote(str(path.parent.parent))} (or init_from={shlex.quote(resume)} to start a "
+                    "new run from these weights)")
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def versions() -> dict[str, str]:
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision"),
+            "cnn_cli": cnn_cli.__version__}
