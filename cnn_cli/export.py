@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from cnn_cli import anysize, contract, data as data_mod, files
 from cnn_cli.errors import UserError, first_line
-from cnn_cli.evaluate import Trained, load_trained
+from cnn_cli.trained import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)

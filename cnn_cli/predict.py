@@ -18,7 +18,7 @@ from torch import Tensor
 from cnn_cli import contract, deployed, images, runtime
 from cnn_cli.errors import UserError, first_line, printable
 from cnn_cli.files import output_file, write_text
-from cnn_cli.evaluate import load_trained
+from cnn_cli.trained import load_trained
 
 NPY = ".npy"
 LIGHT_ON_DARK = ("MNIST", "sample")  # dataset sources whose digits are light strokes on a dark background
