@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 import textwrap
@@ -19,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_cli.builder import BuiltModel, build_from_config
@@ -145,7 +143,7 @@ def main(app: Callable[[], Any]) -> None:
             sys.exit(1)
         attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
         if attempt is not None:  # Hydra failed before training began: leave nothing of the attempt
-            _discard_attempt(*attempt)
+            rundir.discard_attempt(*attempt)
         if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
             err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
         if isinstance(err, ValueError) and str(err).startswith("Only one of --run"):  # Hydra's own flags
@@ -188,7 +186,7 @@ def _interrupted() -> NoReturn:
         print(f"interrupted; last.pt is kept: continue with cnn-train resume={shlex.quote(str(attempt[0]))}",
               file=sys.stderr)
     elif attempt is not None:
-        _discard_attempt(*attempt)
+        rundir.discard_attempt(*attempt)
         print("interrupted before the run saved a checkpoint; start it again", file=sys.stderr)
     else:
         print("interrupted; nothing was written", file=sys.stderr)
@@ -230,7 +228,7 @@ def _train(cfg: DictConfig) -> float:
             run = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
         except REPORTED:
             if single and _WRITES:  # a sweep keeps each failed job's record
-                _discard_attempt(run_dir, hydra_cfg.output_subdir)
+                rundir.discard_attempt(run_dir, hydra_cfg.output_subdir)
             raise
         result = train.train(run)
         if not run.cfg.trainer.keep_run_folder and _WRITES:
@@ -239,20 +237,6 @@ def _train(cfg: DictConfig) -> float:
         return result
     finally:
         rundir.release(run_dir)  # the next job of a sweep may run in this process
-
-
-def _discard_attempt(run_dir: Path, record: str | None) -> None:
-    """Bad input found before training leaves no trace: remove what Hydra wrote for this
-    attempt (its .hydra record and log), and the run folder if nothing else is in it."""
-    run_dir = Path(os.path.abspath(run_dir))
-    rundir.release(run_dir)
-    start = Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd()
-    os.chdir(start)  # hydra.job.chdir=true made the run folder the working one: it may be removed now
-    if record and record != ".hydra":  # a resume's own record, beside the run's
-        shutil.rmtree(run_dir / record, ignore_errors=True)
-    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        rundir.remove_empty(run_dir.parent)  # outputs/NAME/, if this run made it (stops at start, the working folder)
 
 
 def train() -> None:
