@@ -85,29 +85,32 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything a run needs and owns, checked and loaded before anything is written.
-    Its state_dict() is the checkpoint, and load_state_dict() continues from one."""
+    Its state_dict() is the checkpoint, and load_state_dict() continues from one; it is built
+    by name, its first fields in the checkpoint's order."""
 
+    # what the checkpoint holds
     cfg: DictConfig
     record: dict[str, Any]  # the config as checkpoints and TensorBoard keep it (checkpoint.recorded_config)
-    run_dir: Path
-    device: torch.device
-    precision: str
     model: nn.Module
-    forward: nn.Module  # the model as the steps call it: under DistributedDataParallel and torch.compile
-    data: data_mod.Data
+    ema: WeightAverage | None = None  # trainer.ema_decay: the averaged weights, which are validated and tested
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_step: bool  # the scheduler steps every optimizer step, else every epoch
     scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
-    ema: WeightAverage | None = None  # trainer.ema_decay: the averaged weights, which are validated and tested
     progress: Progress = field(default_factory=Progress)
-    resumed: bool = False
+    # where and how it runs
+    run_dir: Path
+    device: torch.device
+    precision: str
+    rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
+    forward: nn.Module  # the model as the steps call it: under DistributedDataParallel and torch.compile
+    data: data_mod.Data
+    steps_per_epoch: int
     frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
+    resumed: bool = False
     best_weights: dict[str, torch.Tensor] | None = None  # trainer.checkpoints=false: best.pt's weights, in memory
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
@@ -224,10 +227,11 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
                                                       device_ids=[device.index] if device.type == "cuda" else None)
     if trainer.compile:
         forward = torch.compile(forward)
-    run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank,
-              ema=WeightAverage(model, trainer.ema_decay) if trainer.ema_decay else None,
-              progress=Progress(pretrained=loaded), frozen=frozen)
+    run = Run(cfg=cfg, record=checkpoint.recorded_config(cfg), model=model,
+              ema=WeightAverage(model, trainer.ema_decay) if trainer.ema_decay else None, optimizer=optimizer,
+              scheduler=scheduler, per_step=per_step, scaler=scaler, progress=Progress(pretrained=loaded),
+              run_dir=run_dir, device=device, precision=precision, rank=rank, forward=forward, data=data,
+              steps_per_epoch=steps_per_epoch, frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
