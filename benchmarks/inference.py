@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_module
 from cnn_cli import checkpoint, data
 from cnn_cli.builder import build_from_config
 from cnn_cli.cli import register
-from cnn_cli.evaluate import load_trained
+from cnn_cli.trained import load_trained
 from cnn_cli.export import Deployable, run_export
 from cnn_cli.fuse import fuse_batchnorm
 

@@ -2,116 +2,35 @@
 
 A checkpoint is a dict of tensors, numbers, strings and the resolved config as plain
 containers, so `torch.load(weights_only=True)` reads it and a shared checkpoint can
-never run code when it is opened.
+never run code when it is opened. What a checkpoint holds besides weights (the RNG states,
+the versions, whether its run finished) and how a resume rebuilds its config from it (what
+may change, RESUMABLE) are here too: train.py only asks.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
-import os
 import pickle
 import re
 import shlex
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.resolvers import oc
 
-from cnn_cli import bounds, optim
+import cnn_cli
+from cnn_cli import bounds, files, optim
 from cnn_cli.errors import UserError, first_line
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write atomically: a reader (or a crash) sees the previous checkpoint or the new one,
     never a torn file."""
-    write_file(path, lambda f: torch.save(state, f))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a small text file (metrics.json) atomically, like the checkpoints."""
-    write_file(path, lambda f: f.write(text.encode()))
-
-
-def write_file(path: Path, write: Callable[[BinaryIO], Any], check: Callable[[Path], Any] | None = None) -> None:
-    """Write any file atomically: temporary file in the same folder, flush, fsync, rename over
-    `path`. `check(temporary path)` may inspect the complete file first and raise to keep
-    nothing (cnn-export loads what it wrote with its own runtime).
-
-    The temporary file is created exclusively (O_EXCL, no symlink followed: mkstemp) and the
-    rename replaces whatever is at `path`, a planted symlink included, instead of writing
-    through it: a run folder shared by someone else cannot steer a write to another file."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path.parent)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        os.chmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from the rest of a team
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch's zip writer re-raises a failed write as RuntimeError
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        cause = err if isinstance(err, OSError) else err.__context__
-        if not isinstance(cause, OSError):
-            raise
-        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-        run = path.parent.parent
-        then = (f"continue with cnn-train resume={shlex.quote(str(run))}" if path.parent.name == "checkpoints"
-                and (path.parent / "last.pt").exists() else "try again")
-        raise UserError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Free some space (or fix the "
-                        f"permissions), then {then}") from None
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable (folders cannot be opened on Windows)
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:  # some network filesystems refuse fsync on a folder
-            pass
-
-
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .NAME.PID.RANDOM.tmp, as write_file names them
-
-
-def remove_leftovers(folder: Path) -> None:
-    """Delete the temporary files that processes killed mid-write (SIGKILL, a power cut) left in
-    `folder`: never read (the rename is what publishes a file), and never those of a process
-    still alive, which may be writing one now. Every write_file starts with it."""
-    try:
-        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".tmp")]
-    except OSError:
-        return
-    for name in names:
-        found = _TEMPORARY.match(name)
-        if found and not _alive(int(found.group(1))):
-            (folder / name).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):  # another user's process, or not a PID at all: leave it
-        return True
-    return True
+    files.write_file(path, lambda f: torch.save(state, f))
 
 
 def resolve(path: str | Path, key: str, prefer: tuple[str, ...] = ("last.pt",)) -> Path:
@@ -268,3 +187,57 @@ def _escape(value: Any) -> Any:
     if isinstance(value, list):
         return [_escape(v) for v in value]
     return value.replace("${", "\\${") if isinstance(value, str) else value
+
+
+# what may differ when a run is resumed: where and how visibly it runs, never what it computes
+RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
+             "trainer.log_histograms", "trainer.pictures_every_n_epochs", "dataset.root", "dataset.download")
+
+
+def resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
+    """The checkpoint's own config, plus overrides of where it runs (e.g. trainer.device)."""
+    changes = [o for o in task_overrides if not o.startswith(("resume=", "hydra."))]
+    for override in changes:
+        if override.split("=", 1)[0] not in RESUMABLE:
+            raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
+                            f"only {', '.join(RESUMABLE)} may be given. For a changed run, start a new one with "
+                            "init_from=<its last.pt>")
+    return OmegaConf.merge({"trainer": BEFORE_THESE_KEYS}, stored_config(resumed["config"]),
+                           OmegaConf.from_dotlist(changes))
+
+
+# trainer keys newer than some checkpoints, and what a run without them did
+BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+                     "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
+                     "keep_run_folder": True,
+                     "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
+
+
+def run_finished(resume: str, resumed: dict[str, Any]) -> bool:
+    """Whether the run a resume names has finished: its last.pt says so, whichever of its
+    checkpoints was named. A run continues from its last.pt, never from an earlier one."""
+    path = resolve(resume, "resume")
+    last = path.with_name("last.pt")
+    if path == last or not last.is_file():
+        return resumed["finished"]
+    if load(last, "resume")["finished"]:
+        return True
+    raise UserError(f"resume={resume}: a run continues from its last.pt, not {path.name}; use "
+                    f"resume={shlex.quote(str(path.parent.parent))} (or init_from={shlex.quote(resume)} to start a "
+                    "new run from these weights)")
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def versions() -> dict[str, str]:
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision"),
+            "cnn_cli": cnn_cli.__version__}

@@ -1,38 +1,30 @@
-"""Thin entry points: each composes its Hydra config and hands it to one module."""
+"""The console scripts: a table of commands, each composed by Hydra and run by main, which
+turns bad input into one `error:` line and exit status 2."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 import textwrap
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException
-from hydra.types import RunMode
-from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
-from cnn_cli.builder import BuiltModel, build_from_config
 from cnn_cli.layers import CATALOGUE, COMPOSITES
-from cnn_cli import bounds, data, distributed, rundir, schema, streams, sweep, userconfig
+from cnn_cli import bounds, commands, distributed, rundir, schema, streams, sweep, userconfig
 from cnn_cli.errors import (EXIT_BAD_INPUT, REPORTED, TRACEBACK_ENV, Refused, UserError, describe, report_user_errors,
                             want_traceback)
-from cnn_cli.summary import format_table
 
 # configs/ ships as the cnn_cli.configs package, in a checkout and in a wheel alike
 CONFIG_PATH = "pkg://cnn_cli.configs"
-log = logging.getLogger("cnn_cli")
-
 
 # Under torchrun every process composes the config, but only rank 0 writes: the others get
 # no run folder of their own (the temp folder, which exists), no .hydra record and no log.
@@ -145,11 +137,9 @@ def main(app: Callable[[], Any]) -> None:
             sys.exit(1)
         attempt = rundir.attempt if rundir.attempt is not None and rundir.attempt[0].is_dir() else None
         if attempt is not None:  # Hydra failed before training began: leave nothing of the attempt
-            _discard_attempt(*attempt)
-        if isinstance(err, ValueError) and str(err).startswith("Unable to configure"):  # logging.config's
-            err = UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
-        if isinstance(err, ValueError) and str(err).startswith("Only one of --run"):  # Hydra's own flags
-            err = UserError(f"{err}; for the config of a sweep's job: the same command without -m, with --cfg job")
+            rundir.discard_attempt(*attempt)
+        if isinstance(err, ValueError):
+            err = _about_the_command_line(err)
         if not isinstance(err, REPORTED) or want_traceback():
             raise
         message = describe(err)
@@ -166,6 +156,20 @@ def main(app: Callable[[], Any]) -> None:
         sys.exit(1)
     if swept is None:  # a sweep's launcher may still have workers to stop at exit
         _exit_now()
+
+
+def _about_the_command_line(err: ValueError) -> Exception:
+    """A ValueError that Hydra's flag parsing or logging.config (given hydra.job_logging) raised
+    is about the command line: a UserError, known by where it was raised, not by its words."""
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    raised_in = frame.tb_frame.f_globals.get("__name__") if frame is not None else None
+    if raised_in == "logging.config":
+        return UserError(f"hydra.job_logging: {err} ({err.__cause__}); fix that setting or leave it out")
+    if raised_in == "hydra._internal.utils":  # two of its flags at once
+        return UserError(f"{err}; for the config of a sweep's job: the same command without -m, with --cfg job")
+    return err
 
 
 def _exit_now() -> None:
@@ -188,125 +192,58 @@ def _interrupted() -> NoReturn:
         print(f"interrupted; last.pt is kept: continue with cnn-train resume={shlex.quote(str(attempt[0]))}",
               file=sys.stderr)
     elif attempt is not None:
-        _discard_attempt(*attempt)
+        rundir.discard_attempt(*attempt)
         print("interrupted before the run saved a checkpoint; start it again", file=sys.stderr)
     else:
         print("interrupted; nothing was written", file=sys.stderr)
     sys.exit(130)
 
 
-def explain(built: BuiltModel) -> None:
-    """Show the layer table, then each shape warning."""
-    print(format_table(built))
-    for warning in built.warnings:
-        log.warning(warning)
+@dataclass(frozen=True)
+class Command:
+    """One console script: its Hydra config (configs/NAME.yaml), what it does with the composed
+    config, and the keys it cannot start without, with the line that says how to give them."""
+
+    config: str
+    run: Callable[[DictConfig], Any]
+    needs: tuple[str, ...] = ()
+    usage: str = ""
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="summary")
-@report_user_errors
-def _summary(cfg: DictConfig) -> None:
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-    data.resolve(cfg.dataset)  # the dataset's checks, as cnn-train runs them (imagefolder: the shape from its files)
-    explain(build_from_config(cfg))
+_CHECKPOINT = "checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt"
+COMMANDS: dict[str, Command] = {
+    "cnn-summary": Command("summary", commands.summary),
+    "cnn-train": Command("train", commands.train),
+    "cnn-eval": Command("eval", commands.evaluate, ("checkpoint",),
+                        f"no checkpoint given: cnn-eval {_CHECKPOINT} (or a run folder)"),
+    "cnn-predict": Command("predict", commands.predict, ("checkpoint", "inputs"),
+                           f"give a checkpoint and inputs: cnn-predict {_CHECKPOINT} inputs=[photo.png,pictures/]"),
+    "cnn-export": Command("export", commands.export, ("checkpoint",),
+                          f"no checkpoint given: cnn-export {_CHECKPOINT} format=onnx"),
+}
 
 
-def summary() -> None:
-    """cnn-summary model=X [dataset=Y]: the layer table, no data, no training."""
-    main(_summary)
+def entry_point(name: str) -> Callable[[], None]:
+    """The console script `name` (pyproject.toml's [project.scripts]): Hydra composes its
+    config, then the command runs, its bad input reported by report_user_errors and main."""
+    command = COMMANDS[name]
+
+    def job(cfg: DictConfig) -> Any:
+        if any(OmegaConf.is_missing(cfg, key) for key in command.needs):
+            raise UserError(command.usage)
+        return command.run(cfg)
+
+    app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=command.config)(report_user_errors(job))
+
+    def script() -> None:
+        main(app)
+
+    script.__doc__ = command.run.__doc__
+    return script
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-@report_user_errors
-def _train(cfg: DictConfig) -> float:
-    from cnn_cli import train  # imported here: it imports torchvision, slow to import, which cnn-summary need not
-
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    single = hydra_cfg.mode == RunMode.RUN
-    try:
-        if _WRITES:
-            rundir.claim(run_dir)  # a single run claimed it before Hydra wrote there; a sweep's job does here
-        try:
-            run = train.prepare(cfg, run_dir, list(hydra_cfg.overrides.task))
-        except REPORTED:
-            if single and _WRITES:  # a sweep keeps each failed job's record
-                _discard_attempt(run_dir, hydra_cfg.output_subdir)
-            raise
-        result = train.train(run)
-        if not run.cfg.trainer.keep_run_folder and _WRITES:
-            rundir.remove_run(run_dir)
-            log.info("trainer.keep_run_folder=false: removed %s", run_dir)
-        return result
-    finally:
-        rundir.release(run_dir)  # the next job of a sweep may run in this process
-
-
-def _discard_attempt(run_dir: Path, record: str | None) -> None:
-    """Bad input found before training leaves no trace: remove what Hydra wrote for this
-    attempt (its .hydra record and log), and the run folder if nothing else is in it."""
-    run_dir = Path(os.path.abspath(run_dir))
-    rundir.release(run_dir)
-    start = Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd()
-    os.chdir(start)  # hydra.job.chdir=true made the run folder the working one: it may be removed now
-    if record and record != ".hydra":  # a resume's own record, beside the run's
-        shutil.rmtree(run_dir / record, ignore_errors=True)
-    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", rundir.LOCK_NAME}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        rundir.remove_empty(run_dir.parent)  # outputs/NAME/, if this run made it (stops at start, the working folder)
-
-
-def train() -> None:
-    """cnn-train [overrides]: train, validate each epoch, test the best checkpoint."""
-    main(_train)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-@report_user_errors
-def _eval(cfg: DictConfig) -> None:
-    from cnn_cli.evaluate import run_eval
-
-    logging.basicConfig(format="%(message)s", level=logging.INFO)
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-eval checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt (or a run "
-                        "folder)")
-    report = run_eval(cfg)
-    print(json.dumps({k: report[k] for k in ("split", "dataset", "loss", "accuracy", "recorded_accuracy")}
-                     | {"fallback": report["test_set"]["fallback"]}))
-
-
-def evaluate() -> None:
-    """cnn-eval checkpoint=PATH [split=test|val] [fuse_bn=true]."""
-    main(_eval)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
-@report_user_errors
-def _predict(cfg: DictConfig) -> None:
-    from cnn_cli.predict import run_predict
-
-    if OmegaConf.is_missing(cfg, "checkpoint") or OmegaConf.is_missing(cfg, "inputs"):
-        raise UserError("give a checkpoint and inputs: cnn-predict "
-                        "checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt inputs=[photo.png,pictures/]")
-    if run_predict(cfg):  # some files were unreadable: listed, skipped
-        sys.exit(1)
-
-
-def predict() -> None:
-    """cnn-predict checkpoint=PATH inputs=[a.png,dir/] [top_k=3] [output=preds.csv]."""
-    main(_predict)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
-@report_user_errors
-def _export(cfg: DictConfig) -> None:
-    from cnn_cli.export import describe, run_export
-
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("no checkpoint given: cnn-export checkpoint=outputs/NAME/DATE_TIME/checkpoints/best.pt "
-                        "format=onnx")
-    print(describe(run_export(cfg)))
-
-
-def export() -> None:
-    """cnn-export checkpoint=PATH format=onnx|torchscript|exported [fuse_bn=true] [preprocess=true]."""
-    main(_export)
+summary = entry_point("cnn-summary")
+train = entry_point("cnn-train")
+evaluate = entry_point("cnn-eval")
+predict = entry_point("cnn-predict")
+export = entry_point("cnn-export")

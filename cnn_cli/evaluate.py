@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_cli import checkpoint, data as data_mod, distributed, runtime, sources
-from cnn_cli.builder import build_from_config
+from cnn_cli import data as data_mod, distributed, files, runtime, sources
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import DataMissing, UserError
 from cnn_cli.fuse import fuse_batchnorm
+from cnn_cli.trained import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -59,39 +59,6 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     correct = (predictions == labels_all).sum().item()
     loss_sum, correct, n = distributed.sum_over_ranks([loss_sum, correct, len(labels_all)], split.labels.device)
     return EvalResult(loss_sum / n, correct / n, predictions, labels_all)
-
-
-@dataclass
-class Trained:
-    """A checkpoint's model (eval mode, on the CPU) with what it was trained with."""
-
-    model: nn.Sequential
-    config: DictConfig  # the run's whole config: dataset, trainer, ...
-    path: Path  # the checkpoint file
-    mean: Tensor  # (C,): the dataset's per-channel normalisation
-    std: Tensor
-
-    def normalize(self, samples: Tensor) -> Tensor:
-        """Raw samples (uint8 pixels or float readings, as the dataset stores them) -> what the
-        model was trained on."""
-        return data_mod.normalize(samples, self.mean, self.std)
-
-
-def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
-    """Rebuild a checkpoint's model from its own stored config and load its weights: what
-    cnn-eval, cnn-predict and cnn-export start from, so preprocessing is never retyped."""
-    file = checkpoint.resolve(path, key, prefer=("best.pt", "last.pt"))
-    state = checkpoint.load(file, key)
-    train_cfg = checkpoint.stored_config(state["config"])
-    try:  # checked as cnn-train checks it: a shared checkpoint's dataset.std=[0] would predict NaN
-        data_mod.check(train_cfg.dataset)
-    except UserError as err:
-        raise UserError(f"{key}={path}: its stored config is not valid ({err}); it was damaged or edited, and cannot "
-                        "be used") from None
-    model = build_from_config(train_cfg).model
-    checkpoint.load_weights(model, state, f"{key}={path}")
-    mean, std = (torch.tensor(values, dtype=torch.float32) for values in data_mod.channel_stats(train_cfg.dataset))
-    return Trained(model.eval(), train_cfg, file, mean, std)
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -149,7 +116,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
                  fused_result.accuracy, report["fuse_bn"]["max_abs_logit_difference"])
     out = path.with_name(f"{path.stem}.eval-{cfg.split}.json")
     try:
-        checkpoint.write_text(out, json.dumps(report, indent=2) + "\n")
+        files.write_text(out, json.dumps(report, indent=2) + "\n")
         log.info("written %s", out)
     except UserError as err:  # a read-only folder: the report above is the result
         log.warning("note: the report was not saved (%s)", str(err).split(";")[0])

@@ -21,9 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import anysize, checkpoint, contract, data as data_mod, outputs, sources
+from cnn_cli import anysize, contract, data as data_mod, files, sources
 from cnn_cli.errors import UserError, first_line
-from cnn_cli.evaluate import Trained, load_trained
+from cnn_cli.trained import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"opset={cfg.opset} is for format=onnx only; drop it")
     trained = load_trained(cfg.checkpoint)
     fmt = FORMATS[cfg.format]
-    out = outputs.output_file(cfg.output) if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
-    if outputs.is_checkpoint(out):  # the default name beside a checkpoint named like an export
+    out = files.output_file(cfg.output) if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
+    if files.is_checkpoint(out):  # the default name beside a checkpoint named like an export
         raise UserError(f"{out} (the default output) is a checkpoint; give another file name with output=FILE")
     net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
     raw, source = verification_samples(trained.config, cfg.root, cfg.verify_inputs)
@@ -226,10 +226,10 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
             raise UserError(f"format={cfg.format}: the exporter failed on model '{trained.config.model.name}' "
                             f"({first_line(err)[:200]}); nothing was written") from err
 
-    checkpoint.write_file(out, write, check=verify)
+    files.write_file(out, write, check=verify)
     side = contract.sidecar(out)
     try:
-        checkpoint.write_text(side, json.dumps(spec, indent=2) + "\n")
+        files.write_text(side, json.dumps(spec, indent=2) + "\n")
     except UserError:
         out.unlink(missing_ok=True)  # a model without its contract is not kept
         raise

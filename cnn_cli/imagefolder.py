@@ -28,8 +28,9 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from cnn_cli import bounds, checkpoint, images
+from cnn_cli import bounds, images
 from cnn_cli.errors import DataMissing, UserError, first_line, printable
+from cnn_cli.files import write_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +320,8 @@ def _decode_all(cfg: DictConfig, listing: Listing, path: Path, meta_path: Path) 
                 f.write(blank if isinstance(result, str) else result.tobytes())
                 bar.update()
 
-    checkpoint.write_file(path, write)
-    checkpoint.write_text(meta_path, json.dumps({"files": len(jobs), "bad": bad, "stats": {}}))
+    write_file(path, write)
+    write_text(meta_path, json.dumps({"files": len(jobs), "bad": bad, "stats": {}}))
 
 
 @contextlib.contextmanager
@@ -424,7 +425,7 @@ def stats(cache: Cache, rows: np.ndarray, cfg: DictConfig) -> tuple[list[float],
         std = np.sqrt(np.maximum(squares / n - mean ** 2, 0))
         std = np.where(std >= 1e-6, std, 1.0)  # a constant channel (up to rounding noise): nothing to scale
         cache.meta["stats"][key] = [mean.round(6).tolist(), std.round(6).tolist()]
-        checkpoint.write_text(cache.path.with_suffix(".json"), json.dumps(cache.meta))
+        write_text(cache.path.with_suffix(".json"), json.dumps(cache.meta))
     mean, std = cache.meta["stats"][key]
     return mean, std
 

@@ -15,9 +15,10 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from cnn_cli import checkpoint, contract, deployed, images, outputs, runtime, sources
+from cnn_cli import contract, deployed, images, runtime, sources
 from cnn_cli.errors import UserError, first_line, printable
-from cnn_cli.evaluate import load_trained
+from cnn_cli.files import output_file, write_text
+from cnn_cli.trained import load_trained
 
 NPY = ".npy"
 
@@ -33,7 +34,7 @@ def run_predict(cfg: DictConfig) -> int:
     batch_size = run_batch_size if cfg.batch_size is None else cfg.batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size} must be >= 1 (or null for the run's eval_batch_size)")
-    output = outputs.output_file(cfg.output) if cfg.output else None
+    output = output_file(cfg.output) if cfg.output else None
     files = expand(cfg.inputs)
     skipped: list[tuple[Path, str]] = []
     rows, inverted = [], 0
@@ -60,7 +61,7 @@ def run_predict(cfg: DictConfig) -> int:
         header += [f"{key}{k}" for k in range(2, cfg.top_k + 1) for key in ("top", "probability")]
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows([header, *([_inert(cell) for cell in row] for row in rows)])
-        checkpoint.write_text(output, text.getvalue())
+        write_text(output, text.getvalue())
         print(f"written {output} ({len(rows)} predictions)", file=sys.stderr)
     return len(skipped)
 

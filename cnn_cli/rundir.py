@@ -18,10 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from cnn_cli import checkpoint, distributed
+from cnn_cli import distributed, files
 from cnn_cli.errors import Refused, UserError
 
 try:
@@ -92,7 +94,7 @@ def claim(folder: Path) -> None:
         release(folder)
         raise UserError(f"{folder / planted[0]} is a symbolic link; the run would write wherever it points. Remove it "
                         "(or copy the run to a folder of your own), then try again")
-    checkpoint.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
+    files.write_text(folder / LOCK_NAME, f"{os.getpid()}\n")
 
 
 def release(folder: Path) -> None:
@@ -124,6 +126,20 @@ def remove_empty(folder: Path) -> None:
         if path == Path.cwd() or not path.is_dir() or any(path.iterdir()):
             break
         path.rmdir()
+
+
+def discard_attempt(run_dir: Path, record: str | None) -> None:
+    """Bad input found before training leaves no trace: remove what Hydra wrote for this
+    attempt (its .hydra record and log), and the run folder if nothing else is in it."""
+    run_dir = Path(os.path.abspath(run_dir))
+    release(run_dir)
+    start = Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd()
+    os.chdir(start)  # hydra.job.chdir=true made the run folder the working one: it may be removed now
+    if record and record != ".hydra":  # a resume's own record, beside the run's
+        shutil.rmtree(run_dir / record, ignore_errors=True)
+    elif {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", LOCK_NAME}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_empty(run_dir.parent)  # outputs/NAME/, if this run made it (stops at start, the working folder)
 
 
 def _owner(folder: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.metadata
 import json
 import logging
 import math
@@ -25,14 +24,13 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-import cnn_cli
-from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, optim, pretrained, recipe, rundir,
-                     runtime, schema, stopping, tb, transfer)
+from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, files, optim, pretrained, recipe,
+                     rundir, runtime, schema, stopping, tb, transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
@@ -87,29 +85,32 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything a run needs and owns, checked and loaded before anything is written.
-    Its state_dict() is the checkpoint, and load_state_dict() continues from one."""
+    Its state_dict() is the checkpoint, and load_state_dict() continues from one; it is built
+    by name, its first fields in the checkpoint's order."""
 
+    # what the checkpoint holds
     cfg: DictConfig
     record: dict[str, Any]  # the config as checkpoints and TensorBoard keep it (checkpoint.recorded_config)
-    run_dir: Path
-    device: torch.device
-    precision: str
     model: nn.Module
-    forward: nn.Module  # the model as the steps call it: under DistributedDataParallel and torch.compile
-    data: data_mod.Data
+    ema: WeightAverage | None = None  # trainer.ema_decay: the averaged weights, which are validated and tested
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_step: bool  # the scheduler steps every optimizer step, else every epoch
     scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
-    ema: WeightAverage | None = None  # trainer.ema_decay: the averaged weights, which are validated and tested
     progress: Progress = field(default_factory=Progress)
-    resumed: bool = False
+    # where and how it runs
+    run_dir: Path
+    device: torch.device
+    precision: str
+    rank: distributed.Rank  # which of the torchrun processes this is (0 of 1 without torchrun)
+    forward: nn.Module  # the model as the steps call it: under DistributedDataParallel and torch.compile
+    data: data_mod.Data
+    steps_per_epoch: int
     frozen: list[str] = field(default_factory=list)  # trainer.freeze's layers
+    resumed: bool = False
     best_weights: dict[str, torch.Tensor] | None = None  # trainer.checkpoints=false: best.pt's weights, in memory
 
     def state_dict(self, finished: bool = False) -> dict[str, Any]:
@@ -117,8 +118,8 @@ class Run:
         average = {"ema": self.ema.model.state_dict()} if self.ema else {}
         return {"model": self.model.state_dict(), **average, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "progress": asdict(self.progress), "rng": _rng_state(), "config": self.record,
-                "finished": finished, "versions": _versions()}
+                "progress": asdict(self.progress), "rng": checkpoint.rng_state(), "config": self.record,
+                "finished": finished, "versions": checkpoint.versions()}
 
     def load_state_dict(self, state: dict[str, Any], key: str) -> None:
         checkpoint.load_weights(self.model, state, key, averaged=False)
@@ -132,7 +133,7 @@ class Run:
             raise UserError(f"{key}: {self.ckpt_dir / 'best.pt'} is missing (the run saved it at epoch "
                             f"{self.progress.best_epoch}); put it back, or start a new run from the last weights with "
                             f"init_from={shlex.quote(str(self.ckpt_dir / 'last.pt'))}")
-        _set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         self.resumed = True
 
     def save(self, name: str, finished: bool = False) -> None:
@@ -177,10 +178,10 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         raise UserError(f"resume={resume}: {rundir.never_saved_message(Path(resume).expanduser())}")
     resumed = checkpoint.load(resume, "resume") if resume else None
     if resumed is not None:
-        if _run_finished(resume, resumed):
+        if checkpoint.run_finished(resume, resumed):
             raise UserError(f"resume={resume}: that run already finished (see {run_dir / 'metrics.json'}); nothing "
                             "to do. To train on from its weights, start a new run with init_from=<its best.pt>")
-        cfg = _resumed_config(resumed, task_overrides)
+        cfg = checkpoint.resumed_config(resumed, task_overrides)
     pretrained.default_normalisation(cfg)
     schema.check(cfg)
     opened = data_mod.resolve(cfg.dataset)  # the one look at the files before reading: imagefolder decodes here
@@ -227,10 +228,11 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
                                                       device_ids=[device.index] if device.type == "cuda" else None)
     if trainer.compile:
         forward = torch.compile(forward)
-    run = Run(cfg, checkpoint.recorded_config(cfg), run_dir, device, precision, model, forward, data, optimizer,
-              scheduler, per_step, scaler, steps_per_epoch, rank,
-              ema=WeightAverage(model, trainer.ema_decay) if trainer.ema_decay else None,
-              progress=Progress(pretrained=loaded), frozen=frozen)
+    run = Run(cfg=cfg, record=checkpoint.recorded_config(cfg), model=model,
+              ema=WeightAverage(model, trainer.ema_decay) if trainer.ema_decay else None, optimizer=optimizer,
+              scheduler=scheduler, per_step=per_step, scaler=scaler, progress=Progress(pretrained=loaded),
+              run_dir=run_dir, device=device, precision=precision, rank=rank, forward=forward, data=data,
+              steps_per_epoch=steps_per_epoch, frozen=frozen)
     if resumed is not None:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
@@ -537,12 +539,12 @@ def finish(run: Run, writer: SummaryWriter) -> float:
                   "dataset": data.name, "model": run.record["model"]["name"],
                   "params": sum(p.numel() for p in run.model.parameters()), "epochs": progress.epoch,
                   "steps": progress.step, "history": progress.history, "run_dir": str(run_dir),
-                  "processes": rank.world, **_versions()}
+                  "processes": rank.world, **checkpoint.versions()}
         if overfit is not None:
             report["overfit_check"] = "passed" if overfit[0] else "failed"
         if data.skipped_files is not None:  # dataset=imagefolder: unreadable files left out
             report["skipped_files"] = data.skipped_files
-        checkpoint.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        files.write_text(run_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     run.save("last.pt", finished=True)
     rule = "-" * 60
     best_text = f"{progress.best_acc:.4f} (epoch {progress.best_epoch})" if validated else \
@@ -569,30 +571,6 @@ def _log_pictures(run: Run, writer: SummaryWriter, model: nn.Module) -> None:
         tb.add_picture(writer, functools.partial(tb.feature_maps, model, two), run.progress.step)
 
 
-# what may differ when a run is resumed: where and how visibly it runs, never what it computes
-_RESUMABLE = ("trainer.device", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
-              "trainer.log_histograms", "trainer.pictures_every_n_epochs", "dataset.root", "dataset.download")
-
-
-def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictConfig:
-    """The checkpoint's own config, plus overrides of where it runs (e.g. trainer.device)."""
-    changes = [o for o in task_overrides if not o.startswith(("resume=", "hydra."))]
-    for override in changes:
-        if override.split("=", 1)[0] not in _RESUMABLE:
-            raise UserError(f"resume: '{override}' would change the run, which continues exactly as it started; "
-                            f"only {', '.join(_RESUMABLE)} may be given. For a changed run, start a new one with "
-                            "init_from=<its last.pt>")
-    return OmegaConf.merge({"trainer": _BEFORE_THESE_KEYS}, checkpoint.stored_config(resumed["config"]),
-                           OmegaConf.from_dotlist(changes))
-
-
-# trainer keys newer than some checkpoints, and what a run without them did
-_BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
-                      "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
-                      "keep_run_folder": True,
-                      "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
-
-
 def _progress(saved: dict[str, Any], key: str) -> Progress:
     """A checkpoint's progress record, each entry of its type (a damaged or edited one is refused, not trained on)."""
     kinds = {f.name: {"int": (int,), "float": (float, int)}.get(f.type, (list,)) for f in fields(Progress)}
@@ -603,36 +581,6 @@ def _progress(saved: dict[str, Any], key: str) -> Progress:
         raise UserError(f"{key}: the checkpoint's 'progress' record is damaged ({', '.join(wrong) or 'its values'}); "
                         "it was edited or written by another program: resume from another checkpoint")
     return Progress(**saved)
-
-
-def _run_finished(resume: str, resumed: dict[str, Any]) -> bool:
-    """Whether the run a resume names has finished: its last.pt says so, whichever of its
-    checkpoints was named. A run continues from its last.pt, never from an earlier one."""
-    path = checkpoint.resolve(resume, "resume")
-    last = path.with_name("last.pt")
-    if path == last or not last.is_file():
-        return resumed["finished"]
-    if checkpoint.load(last, "resume")["finished"]:
-        return True
-    raise UserError(f"resume={resume}: a run continues from its last.pt, not {path.name}; use "
-                    f"resume={shlex.quote(str(path.parent.parent))} (or init_from={shlex.quote(resume)} to start a "
-                    "new run from these weights)")
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _versions() -> dict[str, str]:
-    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
-    return {"torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision"),
-            "cnn_cli": cnn_cli.__version__}
 
 
 def _log_graph(writer: SummaryWriter, model: nn.Module, data: data_mod.Data) -> None:

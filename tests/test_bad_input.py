@@ -234,6 +234,7 @@ CASES: dict[str, Case] = {
     "sweep_and_print_the_config": train(
         "-m", "--cfg", "hydra",
         expect=("Only one of --run, --multirun, --cfg", "the same command without -m, with --cfg job")),
+    "resolve_without_cfg": summary("--resolve", expect=("The --resolve flag can only be used", "--cfg or --help")),
     "unknown_model_option": train(
         "model=lenet6",
         expect=("model=lenet6: no such model config", "available: ", "lenet5, lenet5_1998, lenet5_bn", "resnet20",

@@ -19,7 +19,8 @@ from cnn_cli import checkpoint, schema, stopping, train
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.ema import WeightAverage
-from cnn_cli.evaluate import load_trained, run_eval
+from cnn_cli.evaluate import run_eval
+from cnn_cli.trained import load_trained
 
 BASE = ["dataset=mnist_sample", "trainer.limit_val_batches=2", "trainer.eval_batch_size=128",
         "trainer.progress=false", "trainer.device=cpu", "dataset.augment.crop_padding=0"]

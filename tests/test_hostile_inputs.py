@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnn_cli import checkpoint, data as data_mod, imagefolder, outputs
+from cnn_cli import checkpoint, data as data_mod, files, imagefolder
 from cnn_cli.builder import build_from_config
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
@@ -87,21 +87,21 @@ def test_export_output_inside_a_run_is_refused(run: Path, where: str) -> None:
 def test_a_checkpoint_anywhere_and_a_link_into_a_run_are_refused(run: Path, tmp_path: Path) -> None:
     shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "mine.pt")
     with pytest.raises(UserError, match=r"output=.*mine.pt is a checkpoint"):
-        outputs.output_file(str(tmp_path / "mine.pt"))
+        files.output_file(str(tmp_path / "mine.pt"))
     (tmp_path / "link").symlink_to(run / "checkpoints")
     with pytest.raises(UserError, match=r"inside the run folder's checkpoints/.*e.g. output="):
-        outputs.output_file(str(tmp_path / "link" / "preds.csv"))
+        files.output_file(str(tmp_path / "link" / "preds.csv"))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_outputs_beside_a_run_or_in_a_folder_merely_named_checkpoints_are_fine(run: Path, tmp_path: Path) -> None:
-    assert outputs.output_file(str(run / "preds.csv")) == run / "preds.csv"
-    assert outputs.output_file(str(run / "checkpoints" / ".." / "p.csv")).name == "p.csv"
+    assert files.output_file(str(run / "preds.csv")) == run / "preds.csv"
+    assert files.output_file(str(run / "checkpoints" / ".." / "p.csv")).name == "p.csv"
     (tmp_path / "mine" / "checkpoints").mkdir(parents=True)  # no run around it
-    assert outputs.output_file(str(tmp_path / "mine" / "checkpoints" / "p.csv")).name == "p.csv"
+    assert files.output_file(str(tmp_path / "mine" / "checkpoints" / "p.csv")).name == "p.csv"
     scripted = tmp_path / "model.torchscript.pt"  # an earlier export is written over by the next
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
-    assert outputs.output_file(str(scripted)) == scripted
+    assert files.output_file(str(scripted)) == scripted
 
 
 # ------------------------------------------------------------------ 6: no wrong result with exit 0
@@ -445,7 +445,7 @@ def test_a_write_removes_the_temporary_files_of_dead_processes_only(tmp_path: Pa
     other = tmp_path / "notes.tmp"
     for path in (dead, alive, other):
         path.write_text("partial")
-    checkpoint.write_text(tmp_path / "report.json", "{}\n")
+    files.write_text(tmp_path / "report.json", "{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "report.json"])
 
 

@@ -337,14 +337,14 @@ def test_a_batch_larger_than_the_training_set_takes_the_whole_set_and_says_so(tm
 
 def test_resume_accepts_only_overrides_that_keep_the_run_exact() -> None:
     from cnn_cli.errors import UserError
-    from cnn_cli.train import _resumed_config
+    from cnn_cli.checkpoint import resumed_config
 
     stored = {"config": {"seed": 0, "trainer": {"device": "auto", "batch_size": 32}}}
-    cfg = _resumed_config(stored, ["resume=outputs/x", "trainer.device=cpu"])
+    cfg = resumed_config(stored, ["resume=outputs/x", "trainer.device=cpu"])
     assert cfg.trainer.device == "cpu" and cfg.trainer.batch_size == 32
     for changed in ("trainer.batch_size=64", "seed=1", "model=lenet5_bn", "+trainer.foo=1"):
         with pytest.raises(UserError, match="continues exactly as it started"):
-            _resumed_config(stored, ["resume=outputs/x", changed])
+            resumed_config(stored, ["resume=outputs/x", changed])
 
 
 def test_a_residual_body_may_not_start_in_place() -> None:

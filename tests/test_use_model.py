@@ -21,7 +21,8 @@ from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.builder import build_from_config
 from cnn_cli.cli import register
 from cnn_cli.errors import UserError
-from cnn_cli.evaluate import evaluate, load_trained
+from cnn_cli.evaluate import evaluate
+from cnn_cli.trained import load_trained
 from cnn_cli.export import run_export
 from helpers import BIN, cnn, one_error_line, user_env
 
