@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from PIL import Image, ImageOps
 
 from cnn_cli import contract, images
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
+from helpers import compose
 from test_use_model import ROOT, export_cfg, save_checkpoint
 
 SIZE = 24
@@ -65,8 +65,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def predict(checkpoint: str, inputs: Path, out: Path) -> dict[str, tuple[str, float]]:
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("predict", overrides=[f"checkpoint={checkpoint}", f"inputs={inputs}", f"output={out}"])
+    cfg = compose("predict", f"checkpoint={checkpoint}", f"inputs={inputs}", f"output={out}")
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_predict(cfg) == 0
     return {row["path"]: (row["prediction"], float(row["probability"])) for row in csv.DictReader(out.open())}

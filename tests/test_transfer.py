@@ -11,23 +11,14 @@ import torch
 
 from cnn_cli import checkpoint, train
 from cnn_cli.errors import UserError
+from helpers import compose
 
 SMALL = ["dataset=random", "dataset.input_shape=[3,16,16]", "dataset.num_images=[48,8]", "dataset.val_size=8",
          "trainer.device=cpu", "trainer.batch_size=8", "trainer.progress=false", "model=resnet20"]
 
 
-def _composed(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def _prepare(folder: Path, *overrides: str) -> train.Run:
-    return train.prepare(_composed(*SMALL, *overrides), folder, [])
+    return train.prepare(compose("train", *SMALL, *overrides), folder, [])
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +119,7 @@ def test_a_run_with_parameter_groups_and_frozen_layers_resumes_exactly(source: P
     cut = _prepare(tmp_path / "cut", *setting)  # interrupted after its first epoch
     _one_step(cut)
     train.end_epoch(cut, train._NoWriter())
-    resumed = train.prepare(_composed(*SMALL, *setting, f"resume={tmp_path / 'cut'}"), tmp_path / "cut",
+    resumed = train.prepare(compose("train", *SMALL, *setting, f"resume={tmp_path / 'cut'}"), tmp_path / "cut",
                             [f"resume={tmp_path / 'cut'}"])
     assert len(resumed.optimizer.param_groups) == 2 and resumed.frozen == ["conv1", "bn1"]
     train.train(resumed)

@@ -13,19 +13,16 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
 from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.builder import build_from_config
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate, load_trained
 from cnn_cli.export import run_export
-from helpers import BIN, cnn, one_error_line, user_env
+from helpers import BIN, cnn, compose, one_error_line, user_env
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 ROOT = Path(__file__).resolve().parents[1]
 PICKED = [0, 150, 250, 350, 450, 550, 650, 750, 850, 950]  # sample test images of every class (sorted by class)
@@ -41,16 +38,14 @@ ARCHITECTURES = {path.stem: DATASETS.get(path.stem, CIFAR)
 
 def sample_test_images() -> tuple[np.ndarray, np.ndarray]:
     """The bundled MNIST sample's test split as cnn-train holds it: uint8 (N, 1, 28, 28), labels."""
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        data = data_mod.load(compose("train", overrides=["dataset=mnist_sample"]).dataset)
+    data = data_mod.load(compose("train", "dataset=mnist_sample").dataset)
     return data.test.images.numpy(), data.test.labels.numpy()
 
 
 def save_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
     """An untrained model of a config as cnn-train would save it, its batchnorm statistics
     and affine parameters made non-trivial so that folding them changes every weight."""
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose("train", *overrides)
     data_mod.resolve(cfg.dataset)  # as cnn-train does before it records the config
     torch.manual_seed(seed)
     model = build_from_config(cfg).model
@@ -153,8 +148,7 @@ def test_predict_takes_a_npy_of_float_readings_for_a_1d_model(tmp_path: Path, mo
     data = data_mod.load(trained.config.dataset)
     np.save(tmp_path / "series.npy", data.test.images.numpy())  # 40 x 6 x 100 float32
     monkeypatch.chdir(tmp_path)
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("predict", overrides=["checkpoint=imu.pt", "inputs=series.npy"])
+    cfg = compose("predict", "checkpoint=imu.pt", "inputs=series.npy")
     assert run_predict(cfg) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     classes = list(trained.config.dataset.classes)
@@ -282,8 +276,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
     for what, tool, args, pattern in BAD:
         if tool.startswith("cli"):
             continue
-        with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-            cfg = compose(tool, overrides=args)
+        cfg = compose(tool, *args)
         with pytest.raises(UserError) as err:
             (run_predict if tool == "predict" else run_export)(cfg)
         assert len(str(err.value).splitlines()) == 1 and re.match(pattern, str(err.value)), (what, str(err.value))
