@@ -21,7 +21,7 @@ from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate, load_trained
 from cnn_cli.export import run_export
-from helpers import BIN, cnn, compose, one_error_line, user_env
+from helpers import Started, cnn, compose, one_error_line
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,10 +268,12 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
     shim = tmp_path / "shim"  # onnxruntime not installed: its import fails as it does without the extra
     shim.mkdir()
     (shim / "onnxruntime.py").write_text("raise ModuleNotFoundError('No module named onnxruntime', name='onnxruntime')")
-    procs = [(what, pattern, subprocess.Popen(
-        [str(BIN / f"cnn-{tool.split()[1]}"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=user_env({"PYTHONPATH": str(shim)} if what == "missing extra" else None)))
-        for what, tool, args, pattern in BAD if tool.startswith("cli")]
+    # the command's entry point in a forked process; the installed script where a fresh interpreter
+    # must find onnxruntime missing
+    procs = [(what, pattern, Started(f"cnn-{tool.split()[1]}", *args, cwd=tmp_path, timeout=300,
+                                     env={"PYTHONPATH": str(shim)} if what == "missing extra" else None,
+                                     fork=what != "missing extra"))
+             for what, tool, args, pattern in BAD if tool.startswith("cli")]
     monkeypatch.chdir(tmp_path)
     for what, tool, args, pattern in BAD:
         if tool.startswith("cli"):
@@ -281,8 +283,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
             (run_predict if tool == "predict" else run_export)(cfg)
         assert len(str(err.value).splitlines()) == 1 and re.match(pattern, str(err.value)), (what, str(err.value))
     for what, pattern, proc in procs:
-        out, err = proc.communicate(timeout=300)
-        line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        line = one_error_line(proc.result())
         assert re.match(r"error: " + pattern, line), (what, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "empty", "flat.npy", "notes.txt", "pics",
                                                           "pipe.csv", "shim", "x.npy"]
