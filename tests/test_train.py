@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint, optim
 from cnn_cli.builder import build_model
-from helpers import BIN, cnn, compose, one_error_line, tiny
+from helpers import BIN, cnn, compose, one_error_line, tiny, train_here
 
 # steps worth counting: 4 of 32 images an epoch, the loss and learning rate logged at the
 # first step and every second
@@ -211,13 +211,12 @@ def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
     assert torch.load(path, weights_only=True).keys() == sched.state_dict().keys()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # a real training run in process
 def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: Path) -> None:
     # threshold 10 (relative, mode min) counts no epoch as an improvement, so with patience 0
     # ReduceLROnPlateau multiplies the rate by factor after every epoch's validation
-    cnn("cnn-train", *tiny("scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
-                           "scheduler.threshold=10", "trainer.epochs=3"), f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path)
+    train_here(tmp_path / "run", *tiny("scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
+                                       "scheduler.threshold=10", "trainer.epochs=3", "trainer.device=cpu"))
     rates = [row["lr"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]]
     assert rates == pytest.approx([0.05, 0.025, 0.0125])
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")  # what a resume continues from
