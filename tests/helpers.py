@@ -108,7 +108,8 @@ class Started:
         self._deadline, self._timeout = time.monotonic() + timeout, timeout
         self.returncode: int | None = None
         environ = user_env(env)
-        if not fork:
+        if fork and environ.get("CUDA_VISIBLE_DEVICES") != "" and _cuda_started():
+            fork = False  # a forked child cannot use the GPU this process has started: the script can
             self._popen = subprocess.Popen(self.args, cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=self._out,
                                            stderr=self._err)
             self.pid = self._popen.pid
@@ -147,6 +148,11 @@ class Started:
         return subprocess.CompletedProcess(self.args, self.returncode, out, err)
 
 
+def _cuda_started() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
 def _load_commands() -> None:
     """Import, once, what the commands import (torch, torchvision, Hydra, ONNX Runtime...), so
     that no forked child pays for it; and leave those objects to the children as they are
@@ -179,8 +185,11 @@ def _run_entry_point(function: str, argv: list[str], cwd: Path, environ: dict[st
         warnings.resetwarnings()
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.simplefilter("ignore", category)  # Python's defaults
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)  # as OMP_NUM_THREADS=1 would; and fork-safe
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 would; and fork-safe
+            if environ.get("CUDA_VISIBLE_DEVICES") == "":  # what it means to a fresh interpreter's torch
+                torch.cuda.is_available, torch.cuda.device_count = (lambda: False), (lambda: 0)
         from hydra.core.global_hydra import GlobalHydra
 
         from cnn_cli import cli
