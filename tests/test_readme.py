@@ -14,7 +14,7 @@ import pytest
 
 from cnn_cli.builder import build_from_config
 from cnn_cli.errors import UserError
-from helpers import NO_GPU, ONE_THREAD, cnn, compose
+from helpers import NO_GPU, ONE_THREAD, Started, cnn, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -86,8 +86,8 @@ def test_each_sh_command_runs(where: str, command: str, _: list[str], tmp_path: 
 @pytest.mark.parametrize("where, command, shown", commands("console"), ids=lambda v: v if ".md:" in str(v) else None)
 def test_each_console_transcript_prints_what_the_page_shows(where: str, command: str, shown: list[str],
                                                             tmp_path: Path) -> None:
-    tool, *args = shlex.split(command)
-    proc = cnn(tool, *args, cwd=tmp_path, env={**ONE_THREAD, **NO_GPU}, check=False, timeout=240)
+    tool, *args = shlex.split(command)  # the entry point in a forked process (helpers.Started); sh blocks run scripts
+    proc = Started(tool, *args, cwd=tmp_path, env={**ONE_THREAD, **NO_GPU}, timeout=240).result()
     printed = [re.sub(r"\s+$", "", text) for text in (proc.stdout + proc.stderr).splitlines()]
     assert printed == shown, f"{where}: {command}"
 
