@@ -20,7 +20,7 @@ def help_text(tmp_path_factory) -> dict[str, str]:
     """Each command's --help: cnn-train's from the installed script, the others' from the
     same entry point in a forked process (helpers.Started: no seconds of torch start-up)."""
     cwd = tmp_path_factory.mktemp("help")
-    procs = run_side_by_side({tool: lambda tool=tool: Started(tool, "--help", cwd=cwd, timeout=120,
+    procs = run_side_by_side({tool: lambda tool=tool: Started(tool, "--help", cwd=cwd, timeout=240,
                                                               fork=tool != "cnn-train") for tool in TOOLS})
     for proc in procs.values():
         assert proc.returncode == 0, proc.stderr[-3000:]
