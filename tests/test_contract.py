@@ -81,6 +81,7 @@ def run_client(folder: Path, files: list[str], monkeypatch) -> dict[str, tuple[s
     return {path: (label, float(p)) for path, label, p in rows}
 
 
+@pytest.mark.slow  # an ONNX export a case: long for the fast tier
 @pytest.mark.parametrize("policy, preprocess", [("shorter_side_then_center_crop", True), ("pad", False),
                                                 ("stretch", True)])
 def test_docs_client_agrees_with_cnn_predict_on_odd_png_and_jpeg_files(
@@ -173,6 +174,7 @@ def test_a_contract_that_does_not_fit_the_model_is_refused(exported: Path, tmp_p
             predict(str(tmp_path / "m.onnx"), exported / "digit.png", tmp_path / "out.csv")
 
 
+@pytest.mark.slow  # ONNX exports, each verified: long for the fast tier
 def test_export_verifies_on_the_users_images(tree: Path, inputs: Path, tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
                                                   f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.resize=pad",
@@ -200,6 +202,7 @@ def decoded(path: Path, color: str) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert(color)).reshape(image.height, image.width, -1)
 
 
+@pytest.mark.slow  # an ONNX export a case: long for the fast tier
 @pytest.mark.parametrize("policy", ["shorter_side_then_center_crop", "pad", "stretch"])
 def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
         policy: str, tree: Path, inputs: Path, tmp_path: Path) -> None:

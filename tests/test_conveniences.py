@@ -34,6 +34,7 @@ def weights(path: Path, entry: str = "model") -> dict[str, torch.Tensor]:
     return checkpoint.load(path)[entry]
 
 
+@pytest.mark.slow  # two training runs: long for the fast tier
 def test_accumulating_four_batches_of_8_is_one_batch_of_32(tmp_path: Path) -> None:
     """lenet5 has no batchnorm, so the mean loss over 4 x 8 samples has the gradient of one 32-batch."""
     common = ("model=lenet5", "trainer.epochs=2", "trainer.ema_decay=null")
@@ -61,6 +62,7 @@ class InterruptAfter(logging.Handler):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow  # three training runs: long for the fast tier
 def test_a_resumed_run_with_ema_accumulation_and_early_stopping_ends_exactly_as_an_uninterrupted_one(
         tmp_path: Path, caplog) -> None:
     # patience 2 with min_delta 10 (no loss falls by that much): stops after epoch 3 of 5;

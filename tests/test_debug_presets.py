@@ -31,6 +31,7 @@ def test_debug_fast_runs_one_batch_of_each_and_keeps_nothing(tmp_path: Path) -> 
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["outputs", "outputs/mine.txt"]
 
 
+@pytest.mark.slow  # trains until it memorises: long for the fast tier
 def test_debug_overfit_memorises_a_few_batches_and_says_passed(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="cnn_cli"):
         metrics = trained(tmp_path / "run", "debug=overfit")

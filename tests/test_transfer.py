@@ -85,6 +85,7 @@ def test_frozen_layers_get_no_gradient_and_keep_their_batchnorm_statistics(spec:
     assert not run.model.bn1.training and run.model.res2.body.bn1.training
 
 
+@pytest.mark.slow  # a model prepared for each name: long for the fast tier
 def test_freeze_names_are_checked(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"trainer.freeze: 'res99' is not a layer of this model .see cnn-summary's "
                                         r"Name column.; did you mean res9\?"):
@@ -110,6 +111,7 @@ def test_pretrained_layers_learn_at_their_scaled_rate(source: Path, tmp_path: Pa
     assert old["lr"] == pytest.approx(0.1 * fresh["lr"])
 
 
+@pytest.mark.slow  # three training runs: long for the fast tier
 def test_a_run_with_parameter_groups_and_frozen_layers_resumes_exactly(source: Path, tmp_path: Path) -> None:
     setting = [f"init_from={source}", "dataset.num_classes=4", "trainer.pretrained_lr_scale=0.1", "trainer.epochs=2",
                "trainer.freeze=[conv1,bn1]", "trainer.limit_train_batches=3", "scheduler.warmup_epochs=1"]

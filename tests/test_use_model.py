@@ -175,6 +175,7 @@ def test_every_architecture_exports_and_verifies_in_every_format(arch: str, fmt:
     assert report["output_spec"] == f"logits (N x {dataset['num_classes']}, float32)"
 
 
+@pytest.mark.slow  # two ONNX exports, each verified: long for the fast tier
 def test_preprocess_bakes_in_exactly_the_normalisation(tmp_path: Path) -> None:
     """The raw-uint8 ONNX model equals normalise-then-model, and the normalised-input one takes
     what cnn-cli's own normalisation gives."""
@@ -192,6 +193,7 @@ def test_preprocess_bakes_in_exactly_the_normalisation(tmp_path: Path) -> None:
     assert onnxruntime.InferenceSession(raw_file).get_inputs()[0].type == "tensor(uint8)"
 
 
+@pytest.mark.slow  # an ONNX export, verified: long for the fast tier
 def test_opset_is_the_one_asked_for(tmp_path: Path) -> None:
     import onnx
 
@@ -201,6 +203,7 @@ def test_opset_is_the_one_asked_for(tmp_path: Path) -> None:
     assert {p.key: p.value for p in written.metadata_props}["opset"] == "17"
 
 
+@pytest.mark.slow  # ONNX exports, each verified: long for the fast tier
 def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
     """Weights scaled so that the logits reach ~1e8: float32 rounding in another runtime's
     kernels then differs by far more than 1e-4, and the file must not be kept."""
