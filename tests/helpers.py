@@ -6,11 +6,15 @@ Imported by the test modules (`from helpers import ...`); pytest puts this folde
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +35,29 @@ TINY = ["dataset=mnist_sample", "trainer.epochs=1", "trainer.limit_train_batches
 
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]
+
+
+def compose(config: str, *overrides: str, hydra: bool = False):
+    """A shipped config (train, summary, eval, predict, export) composed with `overrides` as its
+    command composes it, cli.register() first; hydra=True keeps the hydra node (run folder,
+    callbacks). The one way the tests compose, in a test, a fixture or a helper alike."""
+    from hydra import compose as compose_config, initialize_config_module
+
+    from cnn_cli.cli import register
+
+    register()
+    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
+        return compose_config(config, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def train_here(run: Path, *overrides: str) -> Path:
+    """A real training run in this process, as cnn-train runs one (train.prepare, then
+    train.train) into the folder `run`, less what Hydra adds (.hydra/, train.log): for tests
+    that read what a run leaves (metrics.json, checkpoints, TensorBoard events)."""
+    from cnn_cli import train
+
+    train.train(train.prepare(compose("train", *overrides), run, list(overrides)))
+    return run
 
 
 def tiny(*changes: str) -> list[str]:
@@ -56,6 +83,148 @@ def cnn(tool: str, *args: str, cwd: Path, env: dict[str, str] | None = None, che
     if check:
         assert proc.returncode == 0, f"{tool} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+# the function each console script calls (pyproject.toml's [project.scripts])
+ENTRY_POINTS = {"cnn-summary": "summary", "cnn-train": "train", "cnn-eval": "evaluate", "cnn-predict": "predict",
+                "cnn-export": "export"}
+
+
+class Started:
+    """A command started in its own process, its output going to files (so it never blocks on
+    a full pipe): poll it, then take its result, as subprocess.run gives it.
+
+    fork=False runs the installed console script, as a user does. fork=True runs the same entry
+    point in a forked copy of this process: still a real process, with its own exit status,
+    stdout, stderr, working folder and environment, but without the seconds of interpreter and
+    torch start-up (the modules are loaded already). That is for a catalogue of cases of one
+    contract (each bad input: exit 2, one line), a few of which still run the script itself.
+    Start one only from the main thread (a fork copies one thread)."""
+
+    def __init__(self, tool: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240,
+                 fork: bool = True):
+        self.args = [str(BIN / tool), *args]
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._deadline, self._timeout = time.monotonic() + timeout, timeout
+        self.returncode: int | None = None
+        environ = user_env(env)
+        if fork and environ.get("CUDA_VISIBLE_DEVICES") != "" and _cuda_started():
+            fork = False  # a forked child cannot use the GPU this process has started: the script can
+            self._popen = subprocess.Popen(self.args, cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=self._out,
+                                           stderr=self._err)
+            self.pid = self._popen.pid
+            return
+        self._popen = None
+        _load_commands()
+        self.pid = os.fork()
+        if self.pid == 0:
+            _run_entry_point(ENTRY_POINTS[tool], self.args, cwd, environ, self._out.fileno(), self._err.fileno())
+
+    def poll(self) -> int | None:
+        """The exit status once it ended (-N: killed by signal N); past its timeout it is killed."""
+        if self.returncode is None:
+            if time.monotonic() > self._deadline:
+                os.kill(self.pid, 9)
+                self._reap(0)
+                self._err.seek(0, os.SEEK_END)
+                self._err.write(f"\ntimed out after {self._timeout} s\n".encode())
+            else:
+                self._reap(os.WNOHANG)
+        return self.returncode
+
+    def _reap(self, flags: int) -> None:
+        if self._popen is not None:
+            self.returncode = self._popen.wait() if flags == 0 else self._popen.poll()
+            return
+        pid, status = os.waitpid(self.pid, flags)
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+    def result(self) -> subprocess.CompletedProcess:
+        """Wait for it; its exit status and output."""
+        while self.poll() is None:
+            time.sleep(0.02)
+        out, err = [(f.seek(0), f.read().decode(errors="replace"), f.close())[1] for f in (self._out, self._err)]
+        return subprocess.CompletedProcess(self.args, self.returncode, out, err)
+
+
+def _cuda_started() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
+def _load_commands() -> None:
+    """Import, once, what the commands import (torch, torchvision, Hydra, ONNX Runtime...), so
+    that no forked child pays for it; and leave those objects to the children as they are
+    (gc.freeze: a child's garbage collection would otherwise touch, and so copy, every page)."""
+    import gc
+
+    from cnn_cli import cli, evaluate, export, predict, train  # noqa: F401
+
+    gc.freeze()
+
+
+def _run_entry_point(function: str, argv: list[str], cwd: Path, environ: dict[str, str], out: int, err: int) -> None:
+    """In the forked child: become what a fresh interpreter running the console script would
+    be (argv, folder, environment, plain stdout and stderr on their own files, Python's own
+    warning filters, no log handlers, one thread), run it, and exit with its status."""
+    code = 1
+    try:
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        sys.stdin = open(os.devnull)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv = argv
+        logging.root.handlers.clear()  # pytest's capture handlers would swallow what the command logs
+        logging.root.setLevel(logging.WARNING)
+        warnings.showwarning = warnings._showwarning_orig  # pytest records warnings; a command prints them
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)  # Python's defaults
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 would; and fork-safe
+            if environ.get("CUDA_VISIBLE_DEVICES") == "":  # what it means to a fresh interpreter's torch
+                torch.cuda.is_available, torch.cuda.device_count = (lambda: False), (lambda: 0)
+        from hydra.core.global_hydra import GlobalHydra
+
+        from cnn_cli import cli
+
+        GlobalHydra.instance().clear()
+        getattr(cli, function)()
+        code = 0
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            code = exit.code or 0
+        else:
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run_side_by_side(start: dict[str, Callable[[], Started]], at_once: int = 2,
+                     ) -> dict[str, subprocess.CompletedProcess]:
+    """Start each command (at most `at_once` running) and return each one's result by name."""
+    waiting, running, done = list(start.items()), {}, {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            name, begin = waiting.pop(0)
+            running[name] = begin()
+        for name in [name for name, proc in running.items() if proc.poll() is not None]:
+            done[name] = running.pop(name).result()
+        time.sleep(0.01)
+    return done
 
 
 def one_error_line(proc: subprocess.CompletedProcess, after_log: bool = False) -> str:

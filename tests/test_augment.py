@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from cnn_cli import augment, data, train
 from cnn_cli.errors import UserError
+from helpers import compose
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
@@ -86,17 +87,11 @@ def test_mixed_images_get_soft_labels_in_the_same_shares(kind: str) -> None:
 
 
 def test_training_with_mixup_and_cutmix_counts_accuracy_on_the_hard_labels(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "dataset=random", "dataset.input_shape=[3,16,16]", "dataset.num_images=[40,8]", "dataset.val_size=8",
-            "trainer.device=cpu", "trainer.batch_size=8", "trainer.limit_train_batches=2", "model=resnet20",
-            "dataset.augment.mixup=0.2", "dataset.augment.cutmix=1.0", "dataset.augment.resized_crop_scale=[0.35,1]",
-            "dataset.augment.rotate=10", "dataset.augment.brightness=0.2", "dataset.augment.saturation=0.2"])
+    cfg = compose(
+        "train", "dataset=random", "dataset.input_shape=[3,16,16]", "dataset.num_images=[40,8]", "dataset.val_size=8",
+        "trainer.device=cpu", "trainer.batch_size=8", "trainer.limit_train_batches=2", "model=resnet20",
+        "dataset.augment.mixup=0.2", "dataset.augment.cutmix=1.0", "dataset.augment.resized_crop_scale=[0.35,1]",
+        "dataset.augment.rotate=10", "dataset.augment.brightness=0.2", "dataset.augment.saturation=0.2")
     run = train.prepare(cfg, tmp_path / "run", [])
     train.train_one_epoch(run, train._NoWriter(), train.StopRequest())
     assert run.progress.seen == 16 and isinstance(run.progress.correct, int) and 0 <= run.progress.correct <= 16
@@ -104,13 +99,7 @@ def test_training_with_mixup_and_cutmix_counts_accuracy_on_the_hard_labels(tmp_p
 
 
 def _dataset(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides)).dataset
+    return compose("train", *overrides).dataset
 
 
 @pytest.mark.parametrize("override, message", [

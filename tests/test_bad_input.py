@@ -1,16 +1,20 @@
-"""A catalogue of bad input, each given to the real cnn-train, cnn-eval or cnn-summary.
+"""A catalogue of bad input, each given to the real cnn-train, cnn-eval, cnn-summary or
+cnn-predict entry point.
 
-Every case runs the installed console script in its own process, in a fresh folder of its
-own as the working directory, and must end with exit status 2 and exactly one line on
-stderr, "error: ...", naming the key, layer or file at fault and the fix; no traceback
-anywhere; and nothing written or changed in that folder (the files a case set up there,
-checkpoints and dataset files included, stay byte for byte as they were).
+Every case runs in its own process, in a fresh folder of its own as the working directory,
+and must end with exit status 2 and exactly one line on stderr, "error: ...", naming the key,
+layer or file at fault and the fix; no traceback anywhere; and nothing written or changed in
+that folder (the files a case set up there, checkpoints and dataset files included, stay byte
+for byte as they were).
 
-Each process starts torch (seconds), so every case is launched once per module, a few at
-a time, and each test reads its own result. The checkpoints come from one tiny real
-training run on the bundled sample; the MNIST files are written here in torchvision's
-layout (tests/helpers.py). CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds
-on any machine.
+A console script pays seconds of interpreter and torch start-up, so most cases run the same
+entry point in a forked copy of this process (helpers.Started: its own exit status, stderr,
+folder and environment); the cases in SCRIPT run the installed script itself, one or more of
+each command and each kind of failure, so the whole path from the shell is proven too. They
+run two at a time, and each test reads its own result. The checkpoints come from one tiny real
+training run on the bundled sample; the MNIST files are written here in torchvision's layout
+(tests/helpers.py). CUDA_VISIBLE_DEVICES is emptied for every case: "no GPU" holds on any
+machine.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import shutil
 import stat
 import struct
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +33,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from helpers import BIN, MNIST_FILES, NO_GPU, ONE_THREAD, TINY, cnn, one_error_line, write_idx
+from helpers import BIN, MNIST_FILES, NO_GPU, ONE_THREAD, TINY, Started, one_error_line, run_side_by_side, write_idx
 
 pytestmark = pytest.mark.e2e
 
@@ -563,6 +566,15 @@ CASES: dict[str, Case] = {
         expect=("somefile/run", "Not a directory", "hydra.run.dir=PATH")),
 }
 
+# run as the installed console script, not in a fork: at least one case of each command and of each
+# kind of failure (Hydra's own, our checks, the files, the checkpoints), and what a fork cannot
+# show (CUDA_VISIBLE_DEVICES counts only before torch starts)
+SCRIPT = {"unknown_model_option", "misspelt_key", "bad_override_syntax", "bad_job_logging", "zero_epochs",
+          "cuda_without_a_gpu", "summary_kernel_larger_than_input", "experiment_sets_hydra_callbacks",
+          "quoted_searchpath", "truncated_dataset_file", "resume_finished_run", "eval_random_bytes",
+          "eval_truncated_checkpoint", "predict_output_on_the_runs_best_checkpoint",
+          "a_newline_in_a_file_name_cannot_forge_a_line", "run_dir_inside_a_file"}
+
 SKIP: dict[str, str] = {"dataset_root_unreadable": "runs as root, which can read a chmod 000 folder"} if AS_ROOT else {}
 
 
@@ -604,17 +616,13 @@ def hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def _run_case(case: Case, cwd: Path, fx: dict[str, Path]) -> Result:
+def _start_case(case: Case, name: str, cwd: Path, fx: dict[str, Path], before: dict[str, tuple]) -> Started:
+    """Set up the case's folder, record what is in it, and start the case there."""
     cwd.mkdir(parents=True)
     if case.setup:
         case.setup(cwd, fx)
-    before, hashes_before = snapshot(cwd), hashes(cwd)
-    try:
-        proc = cnn(case.tool, *case.args, cwd=cwd, env=ENV, check=False, timeout=240)
-    except subprocess.TimeoutExpired as err:  # one hung case fails alone
-        proc = subprocess.CompletedProcess(err.cmd, None, str(err.stdout or ""),
-                                           f"timed out after {err.timeout} s\n{err.stderr or ''}")
-    return Result(proc, before, snapshot(cwd), hashes_before, hashes(cwd))
+    before[name] = snapshot(cwd), hashes(cwd)
+    return Started(case.tool, *case.args, cwd=cwd, env=ENV, fork=name not in SCRIPT)
 
 
 def _make_unfinished(run: Path, dest: Path) -> None:
@@ -630,22 +638,26 @@ def _make_unfinished(run: Path, dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, Result]:
-    for tool in ("cnn-train", "cnn-eval", "cnn-summary"):
+    for tool in ("cnn-train", "cnn-eval", "cnn-summary", "cnn-predict"):
         assert (BIN / tool).exists(), f"console script {tool} not installed in {BIN}"
     root = tmp_path_factory.mktemp("bad_input")
     fx = {"run": root / "fixtures" / "run", "unfinished": root / "fixtures" / "unfinished"}
     todo = {name: case for name, case in CASES.items() if name not in SKIP}
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        # the training run first: the cases that need its checkpoints wait for it, the others do not
-        training = pool.submit(cnn, "cnn-train", *TINY, f"hydra.run.dir={fx['run']}", cwd=root, env=ENV, timeout=240)
-        futures: dict[str, Future] = {name: pool.submit(_run_case, case, root / "cases" / name, fx)
-                                      for name, case in todo.items() if not case.needs_run}
-        training.result()  # cnn() asserts it succeeded
-        assert (fx["run"] / "checkpoints" / "best.pt").is_file()
-        _make_unfinished(fx["run"], fx["unfinished"])
-        futures.update({name: pool.submit(_run_case, case, root / "cases" / name, fx)
-                        for name, case in todo.items() if case.needs_run})
-        done = {name: future.result() for name, future in futures.items()}
+    before: dict[str, tuple] = {}
+
+    def start(name: str) -> Callable[[], Started]:
+        return lambda: _start_case(todo[name], name, root / "cases" / name, fx, before)
+
+    # the training run first, beside the cases that do not need its checkpoints; then the others
+    training = Started("cnn-train", *TINY, f"hydra.run.dir={fx['run']}", cwd=root, env=ENV, fork=False)
+    procs = run_side_by_side({name: start(name) for name, case in todo.items() if not case.needs_run})
+    trained = training.result()
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (fx["run"] / "checkpoints" / "best.pt").is_file()
+    _make_unfinished(fx["run"], fx["unfinished"])
+    procs |= run_side_by_side({name: start(name) for name, case in todo.items() if case.needs_run})
+    done = {name: Result(proc, before[name][0], snapshot(root / "cases" / name), before[name][1],
+                         hashes(root / "cases" / name)) for name, proc in procs.items()}
     locked = root / "cases" / "dataset_root_unreadable" / "locked"
     if locked.exists():  # let the tmp folder's clean-up in
         locked.chmod(0o755)

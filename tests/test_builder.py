@@ -11,15 +11,12 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torch import nn
 
 from cnn_cli.builder import build_from_config, build_model
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.layers import CATALOGUE
-
-register()  # the schemas and resolvers the configs name, as every entry point does first
+from helpers import compose
 
 CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
@@ -34,13 +31,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def compose_cfg(model: str, dataset: str, *overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("summary", overrides=[f"model={model}", f"dataset={dataset}", *overrides])
-
-
 def build(model: str, dataset: str, *overrides: str):
-    return build_from_config(compose_cfg(model, dataset, *overrides))
+    return build_from_config(compose("summary", f"model={model}", f"dataset={dataset}", *overrides))
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> None:

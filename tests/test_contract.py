@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from PIL import Image, ImageOps
 
 from cnn_cli import contract, images
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
+from helpers import compose
 from test_use_model import ROOT, export_cfg, save_checkpoint
 
 SIZE = 24
@@ -65,8 +65,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def predict(checkpoint: str, inputs: Path, out: Path) -> dict[str, tuple[str, float]]:
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("predict", overrides=[f"checkpoint={checkpoint}", f"inputs={inputs}", f"output={out}"])
+    cfg = compose("predict", f"checkpoint={checkpoint}", f"inputs={inputs}", f"output={out}")
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_predict(cfg) == 0
     return {row["path"]: (row["prediction"], float(row["probability"])) for row in csv.DictReader(out.open())}
@@ -82,6 +81,7 @@ def run_client(folder: Path, files: list[str], monkeypatch) -> dict[str, tuple[s
     return {path: (label, float(p)) for path, label, p in rows}
 
 
+@pytest.mark.slow  # an ONNX export a case: long for the fast tier
 @pytest.mark.parametrize("policy, preprocess", [("shorter_side_then_center_crop", True), ("pad", False),
                                                 ("stretch", True)])
 def test_docs_client_agrees_with_cnn_predict_on_odd_png_and_jpeg_files(
@@ -174,6 +174,7 @@ def test_a_contract_that_does_not_fit_the_model_is_refused(exported: Path, tmp_p
             predict(str(tmp_path / "m.onnx"), exported / "digit.png", tmp_path / "out.csv")
 
 
+@pytest.mark.slow  # ONNX exports, each verified: long for the fast tier
 def test_export_verifies_on_the_users_images(tree: Path, inputs: Path, tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "best.pt", ["model=lenet5_bn", "dataset=imagefolder", f"dataset.root={tree}",
                                                   f"dataset.input_shape=[3,{SIZE},{SIZE}]", "dataset.resize=pad",
@@ -201,6 +202,7 @@ def decoded(path: Path, color: str) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert(color)).reshape(image.height, image.width, -1)
 
 
+@pytest.mark.slow  # an ONNX export a case: long for the fast tier
 @pytest.mark.parametrize("policy", ["shorter_side_then_center_crop", "pad", "stretch"])
 def test_an_any_size_onnx_file_classifies_decoded_files_as_cnn_predict_does(
         policy: str, tree: Path, inputs: Path, tmp_path: Path) -> None:

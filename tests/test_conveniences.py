@@ -13,28 +13,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from cnn_cli import checkpoint, schema, stopping, train
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.ema import WeightAverage
 from cnn_cli.evaluate import run_eval
 from cnn_cli.trained import load_trained
+from helpers import compose
 
 BASE = ["dataset=mnist_sample", "trainer.limit_val_batches=2", "trainer.eval_batch_size=128",
         "trainer.progress=false", "trainer.device=cpu", "dataset.augment.crop_padding=0"]
 TIMING = ("img_per_s", "epoch_seconds", "val_seconds")
 
 
-def composed(*overrides: str):
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=[*BASE, *overrides])
-
-
 def trained(run: Path, *overrides: str) -> dict:
-    train.train(train.prepare(composed(*overrides), run, []))
+    train.train(train.prepare(compose("train", *BASE, *overrides), run, []))
     return json.loads((run / "metrics.json").read_text())
 
 
@@ -42,6 +35,7 @@ def weights(path: Path, entry: str = "model") -> dict[str, torch.Tensor]:
     return checkpoint.load(path)[entry]
 
 
+@pytest.mark.slow  # two training runs: long for the fast tier
 def test_accumulating_four_batches_of_8_is_one_batch_of_32(tmp_path: Path) -> None:
     """lenet5 has no batchnorm, so the mean loss over 4 x 8 samples has the gradient of one 32-batch."""
     common = ("model=lenet5", "trainer.epochs=2", "trainer.ema_decay=null")
@@ -69,6 +63,7 @@ class InterruptAfter(logging.Handler):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow  # three training runs: long for the fast tier
 def test_a_resumed_run_with_ema_accumulation_and_early_stopping_ends_exactly_as_an_uninterrupted_one(
         tmp_path: Path, caplog) -> None:
     # patience 2 with min_delta 10 (no loss falls by that much): stops after epoch 3 of 5;
@@ -82,7 +77,7 @@ def test_a_resumed_run_with_ema_accumulation_and_early_stopping_ends_exactly_as_
     logging.getLogger("cnn_cli").addHandler(interrupt)
     try:
         with caplog.at_level(logging.INFO, logger="cnn_cli"), pytest.raises(SystemExit) as stopped:
-            train.train(train.prepare(composed(*settings), cut, []))
+            train.train(train.prepare(compose("train", *BASE, *settings), cut, []))
     finally:
         logging.getLogger("cnn_cli").removeHandler(interrupt)
     assert stopped.value.code == 128 + signal.SIGINT
@@ -123,9 +118,7 @@ def test_with_ema_validation_best_pt_and_cnn_eval_use_the_averaged_weights(tmp_p
     assert any(not torch.equal(best["ema"][k], best["model"][k]) for k in best["model"])
     used = load_trained(run).model.state_dict()  # what cnn-eval, cnn-predict and cnn-export load
     assert all(torch.equal(used[k], best["ema"][k]) for k in used)
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        report = run_eval(compose("eval", overrides=[f"checkpoint={run}", "split=val", "device=cpu"]))
+    report = run_eval(compose("eval", f"checkpoint={run}", "split=val", "device=cpu"))
     assert report["loss"] == pytest.approx(metrics["history"][0]["val_loss"], rel=1e-5)  # validation judged these
     assert report["accuracy"] == metrics["best_val_acc"]
 
@@ -164,10 +157,10 @@ def test_best_pt_follows_the_monitored_value() -> None:
 ])
 def test_bad_settings_are_one_clear_error(override: str, message: str) -> None:
     with pytest.raises(UserError) as err:
-        schema.check(composed(override))
+        schema.check(compose("train", *BASE, override))
     assert str(err.value).startswith(message), str(err.value)
 
 
 def test_early_stopping_without_a_validation_split_is_refused() -> None:
     with pytest.raises(UserError, match="dataset.val_size=0 holds none out"):
-        schema.check(composed("trainer.early_stopping.patience=3", "dataset.val_size=0"))
+        schema.check(compose("train", *BASE, "trainer.early_stopping.patience=3", "dataset.val_size=0"))

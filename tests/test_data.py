@@ -18,15 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torchvision import datasets
 
 from cnn_cli import data, sources
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
-from helpers import MNIST_FILES, cnn, mnist_images, tiny, write_idx
+from helpers import MNIST_FILES, cnn, compose, mnist_images, tiny, write_idx
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 N_TRAIN, N_TEST, VAL = 300, 50, 60  # write_idx's default sizes, and a validation split
 
@@ -35,8 +32,7 @@ N_TRAIN, N_TEST, VAL = 300, 50, 60  # write_idx's default sizes, and a validatio
 
 
 def compose_dataset(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides)).dataset
+    return compose("train", *overrides).dataset
 
 
 def ident(images: torch.Tensor) -> torch.Tensor:

@@ -7,24 +7,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from cnn_cli import schema, train
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
-from helpers import cnn
+from helpers import cnn, compose
 
 CPU = ["dataset=mnist_sample", "trainer.device=cpu"]
 
 
-def composed(*overrides: str):
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=[*CPU, *overrides])
-
-
 def trained(run: Path, *overrides: str) -> dict:
-    train.train(train.prepare(composed(*overrides), run, []))
+    train.train(train.prepare(compose("train", *CPU, *overrides), run, []))
     return json.loads((run / "metrics.json").read_text())
 
 
@@ -39,6 +31,7 @@ def test_debug_fast_runs_one_batch_of_each_and_keeps_nothing(tmp_path: Path) -> 
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["outputs", "outputs/mine.txt"]
 
 
+@pytest.mark.slow  # trains until it memorises: long for the fast tier
 def test_debug_overfit_memorises_a_few_batches_and_says_passed(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="cnn_cli"):
         metrics = trained(tmp_path / "run", "debug=overfit")
@@ -65,4 +58,4 @@ def test_debug_profile_writes_a_trace_perfetto_and_tensorboard_open(tmp_path: Pa
 @pytest.mark.parametrize("key", ["overfit_batches", "profile_steps", "limit_test_batches"])
 def test_debug_counts_below_one_are_refused(key: str) -> None:
     with pytest.raises(UserError, match=rf"trainer.{key}=0 must be >= 1 \(or null\)"):
-        schema.check(composed(f"trainer.{key}=0"))
+        schema.check(compose("train", *CPU, f"trainer.{key}=0"))

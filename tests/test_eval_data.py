@@ -10,17 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from cnn_cli import sources
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
+from helpers import compose
 from test_use_model import save_checkpoint
-
-
-def eval_cfg(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def test_a_checkpoint_whose_dataset_is_not_there_is_one_line_naming_it_the_folde
     ckpt = mnist_run / "checkpoints" / "best.pt"
     for root, said in ((None, "data/ (root= not given)"), (str(tmp_path / "nowhere"), f"root={tmp_path}/nowhere")):
         with pytest.raises(UserError) as err:
-            run_eval(eval_cfg(f"checkpoint={ckpt}", *([f"root={root}"] if root else [])))
+            run_eval(compose("eval", f"checkpoint={ckpt}", *([f"root={root}"] if root else [])))
         message = str(err.value)
         assert len(message.splitlines()) == 1
         assert message.startswith(f"the checkpoint's dataset 'mnist' is not in {said}: looked in ")
@@ -54,7 +49,7 @@ def test_the_bundled_sample_only_when_asked_and_said_first_and_in_the_json(
     run = tmp_path / "run"
     shutil.copytree(mnist_run, run)
     with caplog.at_level(logging.INFO):
-        report = run_eval(eval_cfg(f"checkpoint={run}", "dataset.fallback=true"))
+        report = run_eval(compose("eval", f"checkpoint={run}", "dataset.fallback=true"))
     assert report["test_set"] == {"name": sources.FALLBACK_NAME, "split": "test", "count": 1000,
                                   "read_from": "mnist_sample.npz (bundled with cnn-cli)", "fallback": True}
     assert report["recorded_accuracy"] == 0.9874
@@ -72,16 +67,16 @@ def test_the_report_names_its_test_set_and_the_recorded_accuracy(tmp_path: Path,
     ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", ["model=lenet5", "dataset=mnist_sample"])
     metrics = tmp_path / "run" / "metrics.json"
     metrics.write_text(json.dumps({"test_acc": 0.25, "best_val_acc": 0.5}))
-    report = run_eval(eval_cfg(f"checkpoint={ckpt}"))
+    report = run_eval(compose("eval", f"checkpoint={ckpt}"))
     assert report["test_set"] == {"name": "mnist_sample", "split": "test", "count": 1000,
                                   "read_from": "mnist_sample.npz (bundled with cnn-cli)", "fallback": False}
     assert report["recorded_accuracy"] == 0.25
-    assert run_eval(eval_cfg(f"checkpoint={ckpt}", "split=val"))["recorded_accuracy"] == 0.5
+    assert run_eval(compose("eval", f"checkpoint={ckpt}", "split=val"))["recorded_accuracy"] == 0.5
     # the run's record came with the checkpoint: anything but a number in [0, 1] is no record
     for hostile in ('[1, 2]', '{"test_acc": true}', '{"test_acc": "0.99"}', '{"test_acc": 7}', "{" * 100_000, ""):
         metrics.write_text(hostile)
-        assert run_eval(eval_cfg(f"checkpoint={ckpt}"))["recorded_accuracy"] is None, hostile
+        assert run_eval(compose("eval", f"checkpoint={ckpt}"))["recorded_accuracy"] is None, hostile
     # last.pt is not the checkpoint the run tested
     shutil.copy(ckpt, ckpt.with_name("last.pt"))
     metrics.write_text(json.dumps({"test_acc": 0.25}))
-    assert run_eval(eval_cfg(f"checkpoint={ckpt.with_name('last.pt')}"))["recorded_accuracy"] is None
+    assert run_eval(compose("eval", f"checkpoint={ckpt.with_name('last.pt')}"))["recorded_accuracy"] is None

@@ -12,7 +12,7 @@ from PIL import Image
 
 import pytest
 from cnn_cli import pretrained, train
-from helpers import cnn, one_error_line
+from helpers import cnn, compose, one_error_line
 
 
 def _photos(root: Path, per_class: int = 8) -> Path:
@@ -28,18 +28,12 @@ def _photos(root: Path, per_class: int = 8) -> Path:
 
 
 def test_finetune_fits_batch_and_epochs_to_the_data_and_trains_a_new_head(tmp_path: Path, caplog) -> None:
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=finetune", f"dataset.root={_photos(tmp_path / 'pics')}",
-                                          f"model.pretrained={weights}", "dataset.input_shape=[3,32,32]",
-                                          "trainer.device=cpu", "trainer.progress=false"])
+    cfg = compose("train", "experiment=finetune", f"dataset.root={_photos(tmp_path / 'pics')}",
+                  f"model.pretrained={weights}", "dataset.input_shape=[3,32,32]", "trainer.device=cpu",
+                  "trainer.progress=false")
     with caplog.at_level("INFO", logger="cnn_cli"):
         run = train.prepare(cfg, tmp_path / "run", [])
     assert "fit to the data: 20 training images: batch 32, 30 epochs (about 30 steps); the rule: batch 32 below " \

@@ -3,12 +3,11 @@ and the options it takes."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from helpers import cnn
+from helpers import Started, run_side_by_side
 
 pytestmark = pytest.mark.e2e  # every test here starts cnn-train or friends
 
@@ -18,16 +17,15 @@ TOOLS = ("cnn-train", "cnn-summary", "cnn-eval", "cnn-predict", "cnn-export")
 
 @pytest.fixture(scope="module")
 def help_text(tmp_path_factory) -> dict[str, str]:
-    """Each command's --help, run at once in parallel (each process starts torch)."""
+    """Each command's --help: cnn-train's from the installed script, the others' from the
+    same entry point in a forked process (helpers.Started: no seconds of torch start-up)."""
     cwd = tmp_path_factory.mktemp("help")
-
-    def run(tool: str) -> str:
-        return cnn(tool, "--help", cwd=cwd, timeout=120).stdout
-
-    with ThreadPoolExecutor(len(TOOLS)) as pool:
-        texts = dict(zip(TOOLS, pool.map(run, TOOLS)))
+    procs = run_side_by_side({tool: lambda tool=tool: Started(tool, "--help", cwd=cwd, timeout=240,
+                                                              fork=tool != "cnn-train") for tool in TOOLS})
+    for proc in procs.values():
+        assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(cwd.iterdir()) == []  # asking for help writes nothing
-    return texts
+    return {tool: proc.stdout for tool, proc in procs.items()}
 
 
 @pytest.mark.parametrize("tool", TOOLS)

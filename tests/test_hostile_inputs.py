@@ -11,31 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
 from cnn_cli import checkpoint, data as data_mod, files, imagefolder
 from cnn_cli.builder import build_from_config
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.export import run_export
 from cnn_cli.predict import run_predict
+from helpers import compose
 from test_use_model import export_cfg
-
-register()
-
-
-def composed(config: str, overrides: list[str]):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose(config, overrides=overrides)
 
 
 def save_run(run: Path, overrides: tuple[str, ...] = ("model=lenet5", "dataset=mnist_sample"),
              edit=None) -> Path:
     """A run folder as cnn-train leaves it (an untrained model): checkpoints/best.pt and last.pt,
     .hydra/config.yaml, tb/ and train.log; `edit(state)` changes the checkpoint first."""
-    cfg = composed("train", list(overrides))
+    cfg = compose("train", *overrides)
     data_mod.resolve(cfg.dataset)
     torch.manual_seed(0)
     state = {**{key: {} for key in checkpoint.FORMAT}, "finished": True, "model": build_from_config(cfg).model
@@ -150,8 +142,8 @@ def test_values_from_the_environment_convert_and_text_stays_hidden(monkeypatch) 
     monkeypatch.setenv("EP", "3")
     monkeypatch.setenv("LR", "0.05")
     monkeypatch.setenv("SECRET", "hunter2")
-    cfg = composed("train", ["dataset=mnist_sample", "trainer.epochs=${oc.env:EP}", "optimizer.lr=${oc.env:LR}",
-                             "trainer.channels_last=${oc.env:FLAG,true}", "dataset.root=${oc.env:SECRET}/data"])
+    cfg = compose("train", "dataset=mnist_sample", "trainer.epochs=${oc.env:EP}", "optimizer.lr=${oc.env:LR}",
+                  "trainer.channels_last=${oc.env:FLAG,true}", "dataset.root=${oc.env:SECRET}/data")
     record = checkpoint.recorded_config(cfg)
     assert record["trainer"]["epochs"] == 3 and record["optimizer"]["lr"] == 0.05
     assert record["trainer"]["channels_last"] is True
@@ -161,7 +153,7 @@ def test_values_from_the_environment_convert_and_text_stays_hidden(monkeypatch) 
 
 @pytest.mark.parametrize("model", ["lenet5", "mlp", "resnet20"])
 def test_a_norm_switch_on_a_model_without_one_is_refused(model: str) -> None:
-    cfg = composed("train", [f"model={model}", "+model.norm=groupnorm", "dataset=mnist_sample"])
+    cfg = compose("train", f"model={model}", "+model.norm=groupnorm", "dataset=mnist_sample")
     with pytest.raises(UserError, match=rf"model.norm=groupnorm: the model '{model}' has no norm switch"):
         build_from_config(cfg)
 
@@ -173,12 +165,12 @@ def test_skip_bad_false_holds_when_the_cache_was_decoded_with_skip_bad_true(tmp_
             Image.new("L", (8, 8), i * 60).save(tmp_path / "pics" / name / f"{i}.png")
     (tmp_path / "pics" / "bee" / "half.png").write_bytes((tmp_path / "pics" / "bee" / "0.png").read_bytes()[:30])
     settings = ["dataset=imagefolder", f"dataset.root={tmp_path / 'pics'}", "dataset.workers=1"]
-    data_mod.resolve(composed("train", settings).dataset)  # skip_bad=true: the cache records half.png as bad
+    data_mod.resolve(compose("train", *settings).dataset)  # skip_bad=true: the cache records half.png as bad
     for reopened in (False, True):  # in this process, and as a later process maps it
         if reopened:
             imagefolder._OPENED.clear()
         with pytest.raises(UserError, match=r"bee/half.png is not a readable image .*dataset.skip_bad=true"):
-            data_mod.resolve(composed("train", [*settings, "dataset.skip_bad=false"]).dataset)
+            data_mod.resolve(compose("train", *settings, "dataset.skip_bad=false").dataset)
 
 
 # ------------------------------------------------------------------ 5: no traceback, no exit 1
@@ -200,8 +192,8 @@ def test_an_image_folder_too_small_for_a_test_split_is_refused_before_training(t
     from cnn_cli import train
 
     root = _pictures(tmp_path / "pics", per_class)
-    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "model=mlp",
-                             "trainer.device=cpu"])
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "model=mlp",
+                  "trainer.device=cpu")
     with pytest.raises(UserError, match=r"has no test samples.*dataset.test_size=0.1 holds out none.*test_size=2"):
         train.prepare(cfg, tmp_path / "run", [])
     assert not (tmp_path / "run").exists()
@@ -237,12 +229,11 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 def test_a_decompression_bomb_as_the_first_image_is_skipped_as_unreadable(tmp_path: Path, bomb: bytes,
                                                                            caplog) -> None:
     root = _pictures(tmp_path / "pics", 4, first=bomb)
-    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1"])
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1")
     data_mod.resolve(cfg.dataset)
     assert list(cfg.dataset.input_shape) == [1, 6, 8]  # from the next image, not 65500 x 65500
     assert "skipped 1 unreadable image file(s): ant/0.png" in caplog.text
-    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1",
-                             "dataset.skip_bad=false"])
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "dataset.skip_bad=false")
     with pytest.raises(UserError, match=r"ant/0.png is not a readable image \(.*(decompression bomb|exceeds limit)"):
         data_mod.resolve(cfg.dataset)
 
@@ -260,14 +251,14 @@ def test_devices_and_seeds_out_of_range_are_refused_before_anything_runs(tmp_pat
                                                                          says: str) -> None:
     from cnn_cli import train
 
-    cfg = composed("train", ["dataset=mnist_sample", override])
+    cfg = compose("train", "dataset=mnist_sample", override)
     with pytest.raises(UserError, match=says):
         train.prepare(cfg, tmp_path / "run", [])
 
 
 def test_an_image_folder_split_seed_is_checked_before_its_files_are_split(tmp_path: Path) -> None:
     root = _pictures(tmp_path / "pics", 4)
-    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.split_seed=-1"])
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.split_seed=-1")
     with pytest.raises(UserError, match=r"dataset.split_seed=-1 must be a whole number"):
         data_mod.resolve(cfg.dataset)
 
@@ -277,7 +268,7 @@ def saved_run(tmp_path: Path) -> Path:
     """A run folder whose last.pt is a real, unfinished checkpoint of a prepared run (no step taken)."""
     from cnn_cli import train
 
-    run = train.prepare(composed("train", ["dataset=mnist_sample", "trainer.device=cpu"]), tmp_path / "run", [])
+    run = train.prepare(compose("train", "dataset=mnist_sample", "trainer.device=cpu"), tmp_path / "run", [])
     run.save("last.pt")
     return tmp_path / "run"
 
@@ -289,7 +280,7 @@ def _resume(run_dir: Path, edit) -> None:
     state = torch.load(last, weights_only=True)
     edit(state)
     torch.save(state, last)
-    train.prepare(composed("train", [f"resume={run_dir}"]), run_dir, [f"resume={run_dir}"])
+    train.prepare(compose("train", f"resume={run_dir}"), run_dir, [f"resume={run_dir}"])
 
 
 @pytest.mark.parametrize("progress", [{"epoch": "one"}, {"epoch": -1}, {"batch": 1.5}, {"history": [1, 2]},
@@ -306,7 +297,10 @@ def test_interrupting_with_ctrl_c_where_nothing_saves_is_one_line_and_exit_130(t
     def interrupted() -> None:
         raise KeyboardInterrupt
 
+    from hydra._internal.hydra import Hydra
+
     monkeypatch.setattr("sys.argv", ["cnn-summary"])
+    monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # main replaces it for this process: restored after
     for switch in ("HYDRA_FULL_ERROR", "CNN_CLI_FULL_ERROR"):  # main sets them for this process: restored after
         monkeypatch.setenv(switch, "0")
     with pytest.raises(SystemExit) as stopped:
@@ -392,7 +386,7 @@ def test_a_model_whose_weights_exceed_the_free_memory_is_refused_before_it_is_al
     width = free * 3 // 2 // 4 // 2450 + 1  # fc1 takes 50 x 7 x 7 = 2450 inputs: 1.5 x the free memory in float32
     if 2450 * width > 10_000_000_000:
         pytest.skip(f"{free / 1e9:.0f} GB free: such a model would pass the 10-billion-parameter limit first")
-    cfg = composed("train", ["model=lenet5", "dataset=mnist_sample", f"model.layers.7.linear.out_features={width}"])
+    cfg = compose("train", "model=lenet5", "dataset=mnist_sample", f"model.layers.7.linear.out_features={width}")
     with pytest.raises(UserError, match=r"model.layers\[7\] \(linear\): the model's .* float32 weights up to here "
                                         r"needs .* GB of memory, more than the .* GB free"):
         build_from_config(cfg)
@@ -400,7 +394,7 @@ def test_a_model_whose_weights_exceed_the_free_memory_is_refused_before_it_is_al
 
 @pytest.mark.parametrize("padding", [100000, 29, -1])
 def test_crop_padding_is_bounded_by_the_samples_side(padding: int) -> None:
-    cfg = composed("train", ["dataset=mnist_sample", f"dataset.augment.crop_padding={padding}"])
+    cfg = compose("train", "dataset=mnist_sample", f"dataset.augment.crop_padding={padding}")
     with pytest.raises(UserError, match=rf"crop_padding={padding} must be from 0 to the samples' smallest side \(28\)"):
         data_mod.check(cfg.dataset)
 
@@ -428,7 +422,7 @@ def test_resuming_a_run_that_never_saved_says_so_and_how_to_start_again(tmp_path
     (run / "train.log").write_text("")
     with pytest.raises(UserError, match=r"^resume=.*run: .*run holds a run that stopped before it saved its first "
                                         r"checkpoint, so there is nothing to resume; remove it \(rm -r .*run\)"):
-        train.prepare(composed("train", [f"resume={run}"]), tmp_path / "attempt", [f"resume={run}"])
+        train.prepare(compose("train", f"resume={run}"), tmp_path / "attempt", [f"resume={run}"])
 
 
 def test_resuming_without_the_best_checkpoint_it_names_is_refused_up_front(saved_run: Path) -> None:
@@ -454,7 +448,7 @@ def test_values_from_the_environment_are_shown_as_their_interpolation_in_the_log
     from cnn_cli import train
 
     monkeypatch.setenv("SECRET", "hunter2-token")
-    cfg = composed("train", ["dataset=mnist_sample", "trainer.device=cpu", "dataset.name=${oc.env:SECRET}"])
+    cfg = compose("train", "dataset=mnist_sample", "trainer.device=cpu", "dataset.name=${oc.env:SECRET}")
     with caplog.at_level("INFO", logger="cnn_cli"):
         train.prepare(cfg, tmp_path / "run", [])
     assert "data: ${oc.env:SECRET}, 3500 train" in caplog.text and "hunter2" not in caplog.text
@@ -486,7 +480,7 @@ def test_an_exif_rotated_first_image_gives_the_upright_shape_and_decodes(tmp_pat
             exif = Image.Exif()
             exif[0x0112] = 6  # stored 30 wide, 20 high; shown turned a quarter: 20 wide, 30 high
             Image.new("L", (30, 20), 40 * i).save(root / name / f"{i}.jpg", exif=exif)
-    cfg = composed("train", ["dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1"])
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1")
     listing, cache = data_mod.resolve(cfg.dataset).found
     assert list(cfg.dataset.input_shape) == [1, 30, 20] and not cache.meta["bad"]
     from cnn_cli import images
@@ -502,6 +496,6 @@ def test_an_exif_rotated_first_image_gives_the_upright_shape_and_decodes(tmp_pat
 def test_a_pair_argument_of_the_wrong_length_names_its_key(override: str, says: str) -> None:
     from cnn_cli import optim
 
-    cfg = composed("train", ["dataset=mnist_sample", "optimizer=adam", override])
+    cfg = compose("train", "dataset=mnist_sample", "optimizer=adam", override)
     with pytest.raises(UserError, match=says):
         optim.check(cfg, 1)

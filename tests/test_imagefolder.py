@@ -13,16 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
 from cnn_cli import checkpoint, data, imagefolder, images
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
-from helpers import BIN, cnn
+from helpers import BIN, cnn, compose
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 CLASSES = ["ant", "bee", "cow"]
 
@@ -44,8 +41,7 @@ def write_tree(root: Path, per_class: int = 10, corrupt: bool = True) -> Path:
 
 
 def dataset(root: Path, *overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=["dataset=imagefolder", f"dataset.root={root}", *overrides]).dataset
+    return compose("train", "dataset=imagefolder", f"dataset.root={root}", *overrides).dataset
 
 
 @pytest.fixture(autouse=True)
@@ -201,8 +197,7 @@ def test_bad_input_is_one_line_and_leaves_no_cache(tmp_path: Path, setup, overri
     ("dataset.val_size=0.5", "dataset.val_size=0.5 must be a count of images"),
 ])
 def test_imagefolder_settings_on_another_dataset_are_refused(override: str, message: str) -> None:
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=["dataset=mnist_sample", override]).dataset
+    cfg = compose("train", "dataset=mnist_sample", override).dataset
     with pytest.raises(UserError, match=re.escape(message)):
         data.load(cfg)
 
@@ -241,9 +236,7 @@ def test_cnn_train_on_a_folder_alone_then_reuses_the_cache_and_resumes_exactly(t
     assert predicted.stdout.split("\t")[1] == "cow"
 
     # cnn-eval finds the same test split in the tree it is given (and only there)
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        report = run_eval(compose("eval", overrides=[f"checkpoint={cut}/checkpoints/best.pt", f"root={tree}"]))
+    report = run_eval(compose("eval", f"checkpoint={cut}/checkpoints/best.pt", f"root={tree}"))
     assert report["accuracy"] == json.loads((cut / "metrics.json").read_text())["test_acc"]
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"), \
-            pytest.raises(UserError, match="give it with root=DIR"):
-        run_eval(compose("eval", overrides=[f"checkpoint={cut}/checkpoints/best.pt"]))
+    with pytest.raises(UserError, match="give it with root=DIR"):
+        run_eval(compose("eval", f"checkpoint={cut}/checkpoints/best.pt"))

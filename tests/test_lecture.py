@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from cnn_cli import data
 from cnn_cli.builder import build_from_config, build_model
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+from helpers import compose
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 MODELS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 # the dataset each shipped model is meant for (the others: CIFAR-sized random pictures)
@@ -26,8 +24,7 @@ DATASETS = {"lenet5": ["dataset=mnist"], "lenet5_bn": ["dataset=mnist"], "lenet5
 
 
 def build(model: str, *overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("summary", overrides=[f"model={model}", *DATASETS.get(model, ["dataset=random"]), *overrides])
+    cfg = compose("summary", f"model={model}", *DATASETS.get(model, ["dataset=random"]), *overrides)
     data.resolve(cfg.dataset)  # as cnn-summary does: the dataset's checks first
     return build_from_config(cfg)
 

@@ -12,25 +12,16 @@ from omegaconf import OmegaConf
 
 from cnn_cli import pretrained, train
 from cnn_cli.errors import UserError
+from helpers import compose
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "model"
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml") if OmegaConf.load(p).get("torchvision"))
 
 
-def _composed(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def _prepare(tmp_path: Path, *overrides: str) -> train.Run:
     """A run on a few random images, prepared as cnn-train prepares it (nothing is written)."""
-    cfg = _composed("dataset=random", "dataset.num_images=[8,4]", "dataset.val_size=2", "trainer.device=cpu",
-                    "trainer.batch_size=4", *overrides)
+    cfg = compose("train", "dataset=random", "dataset.num_images=[8,4]", "dataset.val_size=2", "trainer.device=cpu",
+                  "trainer.batch_size=4", *overrides)
     return train.prepare(cfg, tmp_path / "run", [])
 
 

@@ -17,18 +17,16 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
 from cnn_cli import checkpoint, train
 from cnn_cli.builder import build_from_config, build_model
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.fuse import fuse_batchnorm
 from cnn_cli.layers import BLOCKS, CATALOGUE, COMPOSITES
+from helpers import compose
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 pytestmark = pytest.mark.slow  # dozens of real training runs, in process
 
@@ -141,8 +139,7 @@ def test_a_stack_that_builds_trains_evaluates_checkpoints_and_folds(stack, tmp_p
                      f"dataset.augment.flip={rank > 1 and variety % 2 == 0}",
                      "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.progress=false",
                      "trainer.device=cpu", f"trainer.channels_last={channels_last}"]
-        with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
+        cfg = compose("train", *overrides)
         cfg.model = OmegaConf.create({"name": "stack", "layers": layers})
         run = tmp_path / f"channels_last_{channels_last}"
         prepared = train.prepare(cfg, run, [])

@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from cnn_cli import checkpoint, data, tb
 from cnn_cli.builder import build_model
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+from cnn_cli.evaluate import run_eval
 from cnn_cli.fuse import fuse_batchnorm
-from helpers import cnn
+from helpers import compose, train_here
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 
 SHAPES = {1: (3, 20), 2: (3, 9, 8), 3: (2, 5, 6, 7)}
@@ -98,14 +96,9 @@ def test_flip_mirrors_the_last_axis_of_images_and_volumes(rank: int) -> None:
         assert torch.equal(out[i], samples[i].flip(-1) if mask[i] else samples[i])
 
 
-def compose_train(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def test_random_data_of_any_channel_count_needs_no_mean_or_std() -> None:
-    cfg = compose_train("dataset=random", "dataset.input_shape=[6,100]", "dataset.num_images=[40,10]",
-                        "dataset.val_size=8")
+    cfg = compose("train", "dataset=random", "dataset.input_shape=[6,100]", "dataset.num_images=[40,10]",
+                  "dataset.val_size=8")
     loaded = data.load(cfg.dataset)
     assert loaded.mean.tolist() == pytest.approx([0.5] * 6) and loaded.std.tolist() == pytest.approx([0.289] * 6)
     assert tuple(loaded.train.images.shape) == (32, 6, 100) and len(loaded.val) == 8
@@ -114,7 +107,7 @@ def test_random_data_of_any_channel_count_needs_no_mean_or_std() -> None:
 
 
 def test_bundled_basic_motions_is_the_archive_split_normalised_by_its_training_statistics() -> None:
-    cfg = compose_train("dataset=basic_motions")
+    cfg = compose("train", "dataset=basic_motions")
     loaded = data.load(cfg.dataset)
     assert loaded.name == "basic_motions" and (len(loaded.train), len(loaded.val), len(loaded.test)) == (40, 0, 40)
     for split in (loaded.train, loaded.test):
@@ -142,15 +135,15 @@ def test_bundled_basic_motions_is_the_archive_split_normalised_by_its_training_s
 ])
 def test_dataset_configs_that_cannot_train_are_refused_before_any_data(overrides, message) -> None:
     with pytest.raises(UserError, match=message):
-        data.resolve(compose_train(*overrides).dataset)
+        data.resolve(compose("train", *overrides).dataset)
 
 
 def test_random_data_names_its_classes_by_number_unless_given() -> None:
     """So a 1000-class network (AlexNet as published) is one override: dataset.num_classes=1000."""
-    numbered = compose_train("dataset=random", "dataset.num_classes=1000").dataset
+    numbered = compose("train", "dataset=random", "dataset.num_classes=1000").dataset
     data.resolve(numbered)
     assert list(numbered.classes) == [str(i) for i in range(1000)]
-    named = compose_train("dataset=random", "dataset.num_classes=2", "dataset.classes=[cat,dog]").dataset
+    named = compose("train", "dataset=random", "dataset.num_classes=2", "dataset.classes=[cat,dog]").dataset
     data.resolve(named)
     assert list(named.classes) == ["cat", "dog"]
 
@@ -179,13 +172,12 @@ def test_a_picture_that_cannot_be_drawn_is_one_warning(tmp_path: Path, caplog: p
                                      "pictures/misclassified_middle_depth_slice", "pictures/features_conv1",
                                      "pictures/features_conv2"}),
 ])
-@pytest.mark.e2e
+@pytest.mark.slow  # a real training run in process
 def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold(
         model: str, shape: str, pictures: set[str], tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    cnn("cnn-train", "dataset=random", f"dataset.input_shape={shape}", f"model={model}", "trainer.epochs=1",
-        "dataset.num_images=[300,100]", "dataset.val_size=44", "trainer.progress=false", f"hydra.run.dir={run}",
-        cwd=tmp_path)
+    run = train_here(tmp_path / "run", "dataset=random", f"dataset.input_shape={shape}", f"model={model}",
+                     "trainer.epochs=1", "dataset.num_images=[300,100]", "dataset.val_size=44",
+                     "trainer.progress=false")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["best_chosen_by"] == "val_acc" and 0 <= metrics["test_acc"] <= 1
     state = checkpoint.load(run / "checkpoints" / "best.pt")
@@ -193,17 +185,17 @@ def test_conv1d_and_conv3d_train_with_the_default_trainer_then_evaluate_and_fold
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert set(events.Tags()["images"]) == pictures
-    cnn("cnn-eval", f"checkpoint={run}/checkpoints/best.pt", "fuse_bn=true", cwd=tmp_path)
-    report = json.loads((run / "checkpoints" / "best.eval-test.json").read_text())
+    report = run_eval(compose("eval", f"checkpoint={run}/checkpoints/best.pt", "fuse_bn=true"))
+    assert report == json.loads((run / "checkpoints" / "best.eval-test.json").read_text())  # what cnn-eval saves
     assert report["accuracy"] == metrics["test_acc"] and sum(map(sum, report["confusion_matrix"])) == 100
     assert report["fuse_bn"]["max_abs_logit_difference"] < 1e-4 and report["fuse_bn"]["same_predictions"]
 
 
-@pytest.mark.e2e
-def test_val_size_zero_trains_on_every_training_sample_and_keeps_the_last_epoch(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    proc = cnn("cnn-train", "experiment=basic_motions", "trainer.epochs=3", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert "no validation split (dataset.val_size=0)" in proc.stderr + proc.stdout
+@pytest.mark.slow  # a real training run in process
+def test_val_size_zero_trains_on_every_training_sample_and_keeps_the_last_epoch(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="cnn_cli"):
+        run = train_here(tmp_path / "run", "experiment=basic_motions", "trainer.epochs=3")
+    assert "no validation split (dataset.val_size=0)" in caplog.text
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_val_acc"] is None and metrics["best_epoch"] == 3 and metrics["steps"] == 15  # 40 / 8 x 3
     assert "dataset.val_size=0" in metrics["best_chosen_by"]

@@ -11,12 +11,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from cnn_cli.builder import build_from_config
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
-from helpers import NO_GPU, ONE_THREAD, cnn
+from helpers import NO_GPU, ONE_THREAD, Started, cnn, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -88,17 +86,15 @@ def test_each_sh_command_runs(where: str, command: str, _: list[str], tmp_path: 
 @pytest.mark.parametrize("where, command, shown", commands("console"), ids=lambda v: v if ".md:" in str(v) else None)
 def test_each_console_transcript_prints_what_the_page_shows(where: str, command: str, shown: list[str],
                                                             tmp_path: Path) -> None:
-    tool, *args = shlex.split(command)
-    proc = cnn(tool, *args, cwd=tmp_path, env={**ONE_THREAD, **NO_GPU}, check=False, timeout=240)
+    tool, *args = shlex.split(command)  # the entry point in a forked process (helpers.Started); sh blocks run scripts
+    proc = Started(tool, *args, cwd=tmp_path, env={**ONE_THREAD, **NO_GPU}, timeout=240).result()
     printed = [re.sub(r"\s+$", "", text) for text in (proc.stdout + proc.stderr).splitlines()]
     assert printed == shown, f"{where}: {command}"
 
 
 def test_alexnet_on_mnist_hints_at_the_input_it_was_published_for() -> None:
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("summary", overrides=["model=alexnet"])
-        fits = compose("summary", overrides=["model=alexnet", "dataset=random", "dataset.input_shape=[3,227,227]"])
+    cfg = compose("summary", "model=alexnet")
+    fits = compose("summary", "model=alexnet", "dataset=random", "dataset.input_shape=[3,227,227]")
     with pytest.raises(UserError) as err:
         build_from_config(cfg)
     assert str(err.value).endswith("The model 'alexnet' is made for 3 x 227 x 227 samples, not 1 x 28 x 28 (mnist): "

@@ -8,19 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
 
 from cnn_cli import rundir
-from cnn_cli.cli import register
 from cnn_cli.sweep import job_folder
+from helpers import compose
 
 WHEN = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
 
 
 def run_dir(*overrides: str) -> str:
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra.run.dir
+    return compose("train", *overrides, hydra=True).hydra.run.dir
 
 
 @pytest.mark.parametrize("overrides, name", [

@@ -9,16 +9,13 @@ import warnings
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from cnn_cli import data, idx, optim, runtime
 from cnn_cli.builder import build_from_config
-from cnn_cli.cli import register
 from cnn_cli.evaluate import evaluate
-from helpers import write_idx
+from helpers import compose, write_idx
 
-register()
 
 
 @pytest.mark.parametrize("name, extra", [("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
@@ -89,13 +86,8 @@ def test_normalize_is_the_formula_and_leaves_the_split_as_it_was(dtype: torch.dt
     assert torch.equal(samples, kept)
 
 
-def composed(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def test_the_speedrun_experiment_is_the_recipe() -> None:
-    cfg = composed("experiment=mnist_speedrun")
+    cfg = compose("train", "experiment=mnist_speedrun")
     model = build_from_config(cfg).model
     assert sum(p.numel() for p in model.parameters()) == 25_154
     assert [type(m).__name__ for m in model][:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
@@ -110,9 +102,9 @@ def test_a_run_without_graph_images_or_checkpoints_still_tests_its_best_weights(
 
     from cnn_cli import train
 
-    cfg = composed("dataset=mnist_sample", "trainer.epochs=2", "trainer.limit_train_batches=3",
-                   "trainer.limit_val_batches=1", "trainer.progress=false", "trainer.device=cpu",
-                   "trainer.log_graph=false", "trainer.log_images=false", "trainer.checkpoints=false")
+    cfg = compose("train", "dataset=mnist_sample", "trainer.epochs=2", "trainer.limit_train_batches=3",
+                  "trainer.limit_val_batches=1", "trainer.progress=false", "trainer.device=cpu",
+                  "trainer.log_graph=false", "trainer.log_images=false", "trainer.checkpoints=false")
     run = train.prepare(cfg, tmp_path / "run", [])
     train.train(run)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

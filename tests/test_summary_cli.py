@@ -1,19 +1,19 @@
-"""cnn-summary as a person runs it: the installed console script, in its own process.
+"""cnn-summary as a person runs it: each case in its own process, its output and exit status read.
 
-Each process starts torch (seconds), so all of them are launched together once per module
-and each test reads its own result.
+A console script pays seconds of interpreter and torch start-up, so the cases run the same
+entry point in a forked copy of this process (helpers.Started), but for those in SCRIPT, which
+run the installed script itself. They run two at a time, once per module, and each test reads
+its own result.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from helpers import BIN, cnn, one_error_line
+from helpers import BIN, Started, one_error_line, run_side_by_side
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,9 @@ ERRORS = {
                          ["ends with output 7", "'mnist' has 10 classes",
                           "linear: {out_features: ${dataset.num_classes}}"]),
 }
+
+# run as the installed console script: a table, and a refusal
+SCRIPT = {"lenet5", "error_unknown_layer"}
 
 MY_MODEL = """\
 name: tiny
@@ -73,11 +76,10 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
     for name in cases:
         cwds[name] = root / "cwd" / name
         cwds[name].mkdir(parents=True)
-    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2))) as pool:
-        futures = {name: pool.submit(cnn, "cnn-summary", *case["args"], cwd=cwds[name], env=case.get("env"),
-                                     check=False, timeout=240)
-                   for name, case in cases.items()}
-        return {name: (future.result(), cwds[name]) for name, future in futures.items()}
+    procs = run_side_by_side({name: lambda name=name, case=case: Started(
+        "cnn-summary", *case["args"], cwd=cwds[name], env=case.get("env"), fork=name not in SCRIPT)
+        for name, case in cases.items()})
+    return {name: (proc, cwds[name]) for name, proc in procs.items()}
 
 
 def output_sizes(stdout: str) -> list[str]:

@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnn_cli import tb, train
-from cnn_cli.cli import register
+from helpers import compose
 
 TINY = ["dataset=mnist_sample", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.batch_size=16", "trainer.progress=false", "trainer.device=cpu", "trainer.log_every_n_steps=1"]
 
 
 def trained(run: Path, *overrides: str) -> EventAccumulator:
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
+    cfg = compose("train", *TINY, *overrides)
     train.train(train.prepare(cfg, run, []))
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
     events.Reload()

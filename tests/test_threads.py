@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from cnn_cli import runtime, schema
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
+from helpers import compose
 
-register()
-
-
-def composed(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=["dataset=mnist_sample", *overrides])
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def test_auto_takes_the_cores_the_load_leaves_free(cores: int, load: float, proc
 
 
 def test_auto_is_the_default_and_sets_and_names_its_choice(threads_kept) -> None:
-    assert composed().trainer.num_threads == "auto"
+    assert compose("train", "dataset=mnist_sample").trainer.num_threads == "auto"
     said = runtime.set_threads("auto")
     cores, load = runtime.free_cores()
     assert torch.get_num_threads() == runtime.auto_threads(cores, load)
@@ -54,7 +47,7 @@ def test_auto_keeps_omp_num_threads_as_torchrun_sets_it(threads_kept, monkeypatc
 
 
 def test_a_count_forces_that_count(threads_kept) -> None:
-    cfg = composed("trainer.num_threads=1")
+    cfg = compose("train", "dataset=mnist_sample", "trainer.num_threads=1")
     schema.check(cfg)
     assert runtime.set_threads(cfg.trainer.num_threads) == "1 thread(s) (trainer.num_threads=1)"
     assert torch.get_num_threads() == 1
@@ -63,4 +56,4 @@ def test_a_count_forces_that_count(threads_kept) -> None:
 @pytest.mark.parametrize("value", ["0", "-2", "many", "true", "1.5"])
 def test_a_thread_count_that_is_not_auto_or_a_count_is_refused(value: str) -> None:
     with pytest.raises(UserError, match=f"trainer.num_threads={value if value != 'true' else 'True'}: choose auto"):
-        schema.check(composed(f"trainer.num_threads={value}"))
+        schema.check(compose("train", "dataset=mnist_sample", f"trainer.num_threads={value}"))

@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_cli import checkpoint, optim
 from cnn_cli.builder import build_model
-from helpers import BIN, cnn, one_error_line, tiny
+from helpers import BIN, cnn, compose, one_error_line, tiny, train_here
 
 # steps worth counting: 4 of 32 images an epoch, the loss and learning rate logged at the
 # first step and every second
@@ -142,7 +142,7 @@ def test_evaluation_keeps_the_batchnorm_statistics_and_the_mode_it_found() -> No
     layers = [{"conv2d": {"out_channels": 4, "kernel_size": 3}}, "batchnorm2d", "relu", "flatten",
               {"linear": {"out_features": 10}}]
     model = build_model(layers, (1, 28, 28)).model
-    sample = data.load(_composed("dataset=mnist_sample").dataset)
+    sample = data.load(compose("train", "dataset=mnist_sample").dataset)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     evaluate(model, sample, sample.val, 100, limit=2)
     assert model.training  # as it was found, for the next training step
@@ -190,15 +190,9 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.parametrize("scheduler", ["none", "step", "multistep", "cosine", "onecycle"])
 def test_every_scheduler_trains(scheduler: str, tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
     from cnn_cli.optim import build_scheduler
 
-    register()
-
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[f"scheduler={scheduler}", "scheduler.warmup_epochs=1"])
+    cfg = compose("train", f"scheduler={scheduler}", "scheduler.warmup_epochs=1")
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
     sched, per_step = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=4)
@@ -232,13 +226,12 @@ def test_a_one_cycle_too_short_for_its_phases_is_a_clear_error(steps: int, pct_s
     build_scheduler(cfg, optimizer, steps_per_epoch=20, epochs=1)  # both phases have steps: builds
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # a real training run in process
 def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: Path) -> None:
     # threshold 10 (relative, mode min) counts no epoch as an improvement, so with patience 0
     # ReduceLROnPlateau multiplies the rate by factor after every epoch's validation
-    cnn("cnn-train", *tiny("scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
-                           "scheduler.threshold=10", "trainer.epochs=3"), f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path)
+    train_here(tmp_path / "run", *tiny("scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
+                                       "scheduler.threshold=10", "trainer.epochs=3", "trainer.device=cpu"))
     rates = [row["lr"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]]
     assert rates == pytest.approx([0.05, 0.025, 0.0125])
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")  # what a resume continues from
@@ -247,36 +240,18 @@ def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: 
 
 
 def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins() -> None:
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        plain = compose("train")
-        recipe = compose("train", overrides=["experiment=lenet5_bn_onecycle"])
-        changed = compose("train", overrides=["experiment=lenet5_bn_onecycle", "scheduler=cosine", "optimizer.lr=0.05"])
+    plain = compose("train")
+    recipe = compose("train", "experiment=lenet5_bn_onecycle")
+    changed = compose("train", "experiment=lenet5_bn_onecycle", "scheduler=cosine", "optimizer.lr=0.05")
     assert (recipe.model.name, recipe.scheduler.name, recipe.optimizer.lr) == ("lenet5_bn", "OneCycleLR", 0.1)
     assert recipe.dataset == plain.dataset and recipe.trainer == plain.trainer  # the rest is train.yaml's
     assert (changed.model.name, changed.scheduler.name, changed.optimizer.lr) == \
         ("lenet5_bn", "CosineAnnealingLR", 0.05)
 
 
-def _composed(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_every_torch_optim_optimizer_is_a_config_choice_that_takes_a_step(name: str) -> None:
-    cfg = _composed(f"optimizer={name.lower()}")
+    cfg = compose("train", f"optimizer={name.lower()}")
     optim.check(cfg, epochs=3)
     model = torch.nn.Linear(3, 2)
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
@@ -288,7 +263,7 @@ def test_every_torch_optim_optimizer_is_a_config_choice_that_takes_a_step(name: 
 
 
 def test_a_scheduler_by_name_checks_its_own_required_keys() -> None:
-    cfg = _composed("scheduler=exponentiallr", "scheduler.gamma=0.5")
+    cfg = compose("train", "scheduler=exponentiallr", "scheduler.gamma=0.5")
     optim.check(cfg, epochs=3)
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=3)
@@ -300,7 +275,7 @@ def test_a_scheduler_by_name_checks_its_own_required_keys() -> None:
 def test_configs_name_only_torch_optim_classes_with_their_own_arguments() -> None:
     from cnn_cli.errors import UserError
 
-    cfg = _composed()
+    cfg = compose("train")
     for group, name, message in (("optimizer", "os.system", "not a torch.optim class"),
                                  ("optimizer", "StepLR", "not a torch.optim class"),
                                  ("optimizer", "LBFGS", "not a torch.optim class this trainer can use"),
@@ -326,7 +301,7 @@ def test_a_checkpoint_config_of_the_target_era_resumes_as_named_classes() -> Non
 def test_a_batch_larger_than_the_training_set_takes_the_whole_set_and_says_so(tmp_path: Path, caplog) -> None:
     from cnn_cli import train
 
-    cfg = _composed("dataset=mnist_sample", "trainer.batch_size=100000", "trainer.device=cpu")
+    cfg = compose("train", "dataset=mnist_sample", "trainer.batch_size=100000", "trainer.device=cpu")
     with caplog.at_level("WARNING", logger="cnn_cli"):
         run = train.prepare(cfg, tmp_path / "run", [])
     assert "trainer.batch_size=100000 is larger than the 3500 training samples of mnist_sample: using batches of " \

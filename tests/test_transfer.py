@@ -11,23 +11,14 @@ import torch
 
 from cnn_cli import checkpoint, train
 from cnn_cli.errors import UserError
+from helpers import compose
 
 SMALL = ["dataset=random", "dataset.input_shape=[3,16,16]", "dataset.num_images=[48,8]", "dataset.val_size=8",
          "trainer.device=cpu", "trainer.batch_size=8", "trainer.progress=false", "model=resnet20"]
 
 
-def _composed(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    from cnn_cli.cli import register
-
-    register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def _prepare(folder: Path, *overrides: str) -> train.Run:
-    return train.prepare(_composed(*SMALL, *overrides), folder, [])
+    return train.prepare(compose("train", *SMALL, *overrides), folder, [])
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +85,7 @@ def test_frozen_layers_get_no_gradient_and_keep_their_batchnorm_statistics(spec:
     assert not run.model.bn1.training and run.model.res2.body.bn1.training
 
 
+@pytest.mark.slow  # a model prepared for each name: long for the fast tier
 def test_freeze_names_are_checked(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"trainer.freeze: 'res99' is not a layer of this model .see cnn-summary's "
                                         r"Name column.; did you mean res9\?"):
@@ -119,6 +111,7 @@ def test_pretrained_layers_learn_at_their_scaled_rate(source: Path, tmp_path: Pa
     assert old["lr"] == pytest.approx(0.1 * fresh["lr"])
 
 
+@pytest.mark.slow  # three training runs: long for the fast tier
 def test_a_run_with_parameter_groups_and_frozen_layers_resumes_exactly(source: Path, tmp_path: Path) -> None:
     setting = [f"init_from={source}", "dataset.num_classes=4", "trainer.pretrained_lr_scale=0.1", "trainer.epochs=2",
                "trainer.freeze=[conv1,bn1]", "trainer.limit_train_batches=3", "scheduler.warmup_epochs=1"]
@@ -128,7 +121,7 @@ def test_a_run_with_parameter_groups_and_frozen_layers_resumes_exactly(source: P
     cut = _prepare(tmp_path / "cut", *setting)  # interrupted after its first epoch
     _one_step(cut)
     train.end_epoch(cut, train._NoWriter())
-    resumed = train.prepare(_composed(*SMALL, *setting, f"resume={tmp_path / 'cut'}"), tmp_path / "cut",
+    resumed = train.prepare(compose("train", *SMALL, *setting, f"resume={tmp_path / 'cut'}"), tmp_path / "cut",
                             [f"resume={tmp_path / 'cut'}"])
     assert len(resumed.optimizer.param_groups) == 2 and resumed.frozen == ["conv1", "bn1"]
     train.train(resumed)

@@ -13,20 +13,17 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
 from cnn_cli import checkpoint, data as data_mod
 from cnn_cli.builder import build_from_config
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate
 from cnn_cli.trained import load_trained
 from cnn_cli.export import run_export
-from helpers import BIN, cnn, one_error_line, user_env
+from helpers import Started, cnn, compose, one_error_line
 
-register()  # the schemas and resolvers the configs name, as every entry point does first
 
 ROOT = Path(__file__).resolve().parents[1]
 PICKED = [0, 150, 250, 350, 450, 550, 650, 750, 850, 950]  # sample test images of every class (sorted by class)
@@ -42,16 +39,14 @@ ARCHITECTURES = {path.stem: DATASETS.get(path.stem, CIFAR)
 
 def sample_test_images() -> tuple[np.ndarray, np.ndarray]:
     """The bundled MNIST sample's test split as cnn-train holds it: uint8 (N, 1, 28, 28), labels."""
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        data = data_mod.load(compose("train", overrides=["dataset=mnist_sample"]).dataset)
+    data = data_mod.load(compose("train", "dataset=mnist_sample").dataset)
     return data.test.images.numpy(), data.test.labels.numpy()
 
 
 def save_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
     """An untrained model of a config as cnn-train would save it, its batchnorm statistics
     and affine parameters made non-trivial so that folding them changes every weight."""
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose("train", *overrides)
     data_mod.resolve(cfg.dataset)  # as cnn-train does before it records the config
     torch.manual_seed(seed)
     model = build_from_config(cfg).model
@@ -154,8 +149,7 @@ def test_predict_takes_a_npy_of_float_readings_for_a_1d_model(tmp_path: Path, mo
     data = data_mod.load(trained.config.dataset)
     np.save(tmp_path / "series.npy", data.test.images.numpy())  # 40 x 6 x 100 float32
     monkeypatch.chdir(tmp_path)
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("predict", overrides=["checkpoint=imu.pt", "inputs=series.npy"])
+    cfg = compose("predict", "checkpoint=imu.pt", "inputs=series.npy")
     assert run_predict(cfg) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     classes = list(trained.config.dataset.classes)
@@ -182,6 +176,7 @@ def test_every_architecture_exports_and_verifies_in_every_format(arch: str, fmt:
     assert report["output_spec"] == f"logits (N x {dataset['num_classes']}, float32)"
 
 
+@pytest.mark.slow  # two ONNX exports, each verified: long for the fast tier
 def test_preprocess_bakes_in_exactly_the_normalisation(tmp_path: Path) -> None:
     """The raw-uint8 ONNX model equals normalise-then-model, and the normalised-input one takes
     what cnn-cli's own normalisation gives."""
@@ -199,6 +194,7 @@ def test_preprocess_bakes_in_exactly_the_normalisation(tmp_path: Path) -> None:
     assert onnxruntime.InferenceSession(raw_file).get_inputs()[0].type == "tensor(uint8)"
 
 
+@pytest.mark.slow  # an ONNX export, verified: long for the fast tier
 def test_opset_is_the_one_asked_for(tmp_path: Path) -> None:
     import onnx
 
@@ -208,6 +204,7 @@ def test_opset_is_the_one_asked_for(tmp_path: Path) -> None:
     assert {p.key: p.value for p in written.metadata_props}["opset"] == "17"
 
 
+@pytest.mark.slow  # ONNX exports, each verified: long for the fast tier
 def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
     """Weights scaled so that the logits reach ~1e8: float32 rounding in another runtime's
     kernels then differs by far more than 1e-4, and the file must not be kept."""
@@ -275,22 +272,22 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, monkeypatch) ->
     shim = tmp_path / "shim"  # onnxruntime not installed: its import fails as it does without the extra
     shim.mkdir()
     (shim / "onnxruntime.py").write_text("raise ModuleNotFoundError('No module named onnxruntime', name='onnxruntime')")
-    procs = [(what, pattern, subprocess.Popen(
-        [str(BIN / f"cnn-{tool.split()[1]}"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=user_env({"PYTHONPATH": str(shim)} if what == "missing extra" else None)))
-        for what, tool, args, pattern in BAD if tool.startswith("cli")]
+    # the command's entry point in a forked process; the installed script where a fresh interpreter
+    # must find onnxruntime missing
+    procs = [(what, pattern, Started(f"cnn-{tool.split()[1]}", *args, cwd=tmp_path, timeout=300,
+                                     env={"PYTHONPATH": str(shim)} if what == "missing extra" else None,
+                                     fork=what != "missing extra"))
+             for what, tool, args, pattern in BAD if tool.startswith("cli")]
     monkeypatch.chdir(tmp_path)
     for what, tool, args, pattern in BAD:
         if tool.startswith("cli"):
             continue
-        with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-            cfg = compose(tool, overrides=args)
+        cfg = compose(tool, *args)
         with pytest.raises(UserError) as err:
             (run_predict if tool == "predict" else run_export)(cfg)
         assert len(str(err.value).splitlines()) == 1 and re.match(pattern, str(err.value)), (what, str(err.value))
     for what, pattern, proc in procs:
-        out, err = proc.communicate(timeout=300)
-        line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        line = one_error_line(proc.result())
         assert re.match(r"error: " + pattern, line), (what, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "empty", "flat.npy", "notes.txt", "pics",
                                                           "pipe.csv", "shim", "x.npy"]

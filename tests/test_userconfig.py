@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from cnn_cli import cli, userconfig
+from cnn_cli import userconfig
 from cnn_cli.errors import UserError
+from helpers import compose
 
 # the Hydra settings a config file could use to run code or write files
 GUARDED = ("callbacks", "job_logging", "hydra_logging", "sweeper", "launcher", "searchpath", "run", "sweep",
@@ -37,9 +37,7 @@ def load(root: Path, files: dict[str, str | bytes], *args: str) -> list[str]:
 
 
 def hydra_settings(*overrides: str, multirun: bool = False):
-    cli.register()
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose("train", *overrides, hydra=True)
     node = OmegaConf.to_container(cfg.hydra)
     return cfg, {key: node.get(key) for key in GUARDED if key != "job"}
 
