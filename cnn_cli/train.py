@@ -379,32 +379,34 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
-    memory_format = run.memory_format  # looked up once, not at every step
-    accumulate = trainer.accumulate_grad_batches
+    # looked up once, not at every step: each config lookup costs as much as a small tensor op
+    memory_format, accumulate, every = run.memory_format, trainer.accumulate_grad_batches, trainer.log_every_n_steps
+    photo, smoothing, clip = augment.settings(cfg.dataset.augment), trainer.label_smoothing, trainer.grad_clip_norm
+    classes, seed = cfg.dataset.num_classes, cfg.seed * 1_000_003
     numbers = meter.Meter()  # read at the steps logged, at the epoch's end and at a stop: no wait on the device
     started = time.perf_counter()
     try:
         for images, labels in bar:
-            images, targets = augment.apply(images, labels, cfg.dataset.augment, run.data.mean, run.data.std,
-                                            cfg.dataset.num_classes, cfg.seed * 1_000_003 + progress.step)
+            images, targets = augment.apply(images, labels, photo, run.data.mean, run.data.std, classes,
+                                            seed + progress.step)
             images = images.contiguous(memory_format=memory_format)
             with run.amp():
                 logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=trainer.label_smoothing)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
             numbers.add(loss, logits, labels, progress.step + 1)
             if progress.batch % accumulate == 0:  # the first batch of an optimizer step
                 run.optimizer.zero_grad(set_to_none=True)
             # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
             group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
-            run.scaler.scale(loss / group).backward()
+            run.scaler.scale(loss / group if group > 1 else loss).backward()
             progress.batch += 1
             progress.seen += len(labels) * rank.world
             if progress.batch % accumulate and progress.batch < run.steps_per_epoch:
                 continue  # more batches add to this step's gradients (a stop waits for the step: resumable)
             lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
-            if trainer.grad_clip_norm:
+            if clip:
                 run.scaler.unscale_(run.optimizer)
-                nn.utils.clip_grad_norm_(run.model.parameters(), trainer.grad_clip_norm)
+                nn.utils.clip_grad_norm_(run.model.parameters(), clip)
             run.scaler.step(run.optimizer)
             run.scaler.update()
             if run.per_step:
@@ -412,7 +414,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
             progress.step += 1
             if run.ema:
                 run.ema.update(run.model, progress.step)
-            logged = progress.step % trainer.log_every_n_steps == 0 or progress.step == 1
+            logged = progress.step % every == 0 or progress.step == 1
             # one process stops at any step; several agree on it when they read, all at the same steps
             asked = stop.signum is not None
             stops = False
