@@ -200,6 +200,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
     threads = runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    runtime.reuse_freed_memory()
     torch.manual_seed(cfg.seed)
 
     distributed.start(rank, device)
