@@ -7,7 +7,8 @@ machine's changing load, and a trend in it, falls on both alike.
                                   [--device cpu] [-- cnn-train overrides]
 
 Prints each run, then the medians, the ratio cnn-train / script, and the load average
-(uptime's 1-minute figure) before and after. The script runs one thread, as written for
+(uptime's 1-minute figure) before and after. Each run's CPU time (user + system) is shown
+too: on a busy machine it moves far less with the load than wall time does. The script runs one thread, as written for
 speed; cnn-train chooses its own (trainer.num_threads=auto).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,8 +30,10 @@ from common import cnn_train
 ACCURACY = re.compile(r"test acc\s+([0-9.]+)")
 
 
-def timed(command: list[str]) -> tuple[float, float, float]:
-    """Seconds from launch to the printed test accuracy, to the process's exit, and the accuracy."""
+def timed(command: list[str]) -> tuple[float, float, float, float]:
+    """Seconds from launch to the printed test accuracy, to the process's exit, the accuracy,
+    and the process's CPU seconds."""
+    used = _cpu_of_children()
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     printed, accuracy, lines = None, None, []
@@ -40,7 +44,13 @@ def timed(command: list[str]) -> tuple[float, float, float]:
             printed, accuracy = time.perf_counter() - started, float(found.group(1))
     if proc.wait() != 0 or printed is None:
         sys.exit("".join(lines[-20:]) + f"\n{' '.join(command)} failed ({proc.returncode})")
-    return printed, time.perf_counter() - started, accuracy
+    return printed, time.perf_counter() - started, accuracy, _cpu_of_children() - used
+
+
+def _cpu_of_children() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -56,7 +66,7 @@ def main() -> None:
     script = [sys.executable, str(Path(__file__).with_name("mnist_plain.py")), "--root", root,
               "--seed", str(args.seed), "--steps", str(args.steps), "--device", args.device]
     load_before = os.getloadavg()[0]
-    runs: dict[str, list[tuple[float, float, float]]] = {"cnn-train": [], "script": []}
+    runs: dict[str, list[tuple[float, float, float, float]]] = {"cnn-train": [], "script": []}
     with tempfile.TemporaryDirectory(prefix="cnn-speedrun-") as tmp:
         for r in range(args.rounds):
             cnn = [cnn_train(), "experiment=mnist_speedrun", f"dataset.root={root}", f"seed={args.seed}",
@@ -65,18 +75,19 @@ def main() -> None:
             pair = [("cnn-train", cnn), ("script", script)]
             for name, command in pair if r % 2 == 0 else pair[::-1]:  # A B B A ...: a trend in the load evens out
                 runs[name].append(timed(command))
-                printed, exited, accuracy = runs[name][-1]
-                print(f"round {r + 1} {name:9} accuracy printed {printed:6.2f} s, exit {exited:6.2f} s, test acc "
-                      f"{accuracy:.4f}, load {os.getloadavg()[0]:.2f}", flush=True)
-    medians = {name: [statistics.median(run[i] for run in results) for i in range(3)]
+                printed, exited, accuracy, cpu = runs[name][-1]
+                print(f"round {r + 1} {name:9} accuracy printed {printed:6.2f} s, exit {exited:6.2f} s, CPU {cpu:6.2f} "
+                      f"s, test acc {accuracy:.4f}, load {os.getloadavg()[0]:.2f}", flush=True)
+    medians = {name: [statistics.median(run[i] for run in results) for i in range(4)]
                for name, results in runs.items()}
     print(f"\nmedians of {args.rounds} interleaved rounds, load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
-    for name, (printed, exited, accuracy) in medians.items():
-        print(f"{name:9}  to accuracy {printed:6.2f} s   to exit {exited:6.2f} s   test acc {accuracy:.4f}")
-    ratio = medians["cnn-train"][0] / medians["script"][0]
-    print(f"ratio cnn-train / script, to accuracy: {ratio:.3f}   to exit: "
-          f"{medians['cnn-train'][1] / medians['script'][1]:.3f}")
+    for name, (printed, exited, accuracy, cpu) in medians.items():
+        print(f"{name:9}  to accuracy {printed:6.2f} s   to exit {exited:6.2f} s   CPU {cpu:6.2f} s   test acc "
+              f"{accuracy:.4f}")
+    ours, theirs = medians["cnn-train"], medians["script"]
+    print(f"ratio cnn-train / script, to accuracy: {ours[0] / theirs[0]:.3f}   to exit: {ours[1] / theirs[1]:.3f}   "
+          f"CPU: {ours[3] / theirs[3]:.3f}")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,11 @@ def check(augment: DictConfig, shape: Sequence[int]) -> None:
                             "e.g. 0.2 for mixup, 1.0 for cutmix")
 
 
-def apply(images: Tensor, labels: Tensor, augment: DictConfig, mean: Any, std: Any, num_classes: int,
+def apply(images: Tensor, labels: Tensor, augment: DictConfig | dict[str, Any], mean: Any, std: Any, num_classes: int,
           seed: int) -> tuple[Tensor, Tensor]:
     """A normalised training batch augmented; returns it and the targets for the loss: the
-    labels, or with mixup/cutmix one probability row per image."""
+    labels, or with mixup/cutmix one probability row per image. `augment`: the config, or its
+    settings() read once (the training loop's, every step)."""
     s = settings(augment)
     if not any(s[key] for key in DEFAULTS if key != "resized_crop_ratio"):
         return images, labels

@@ -17,11 +17,11 @@ import os
 import re
 import urllib.error
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from omegaconf import DictConfig
 from torch import nn
 
@@ -31,6 +31,14 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]  # what every torchvision ImageNet weight 
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
+def _models() -> ModuleType:
+    """torchvision.models, imported only when weights are asked for: importing torchvision
+    imports torch._dynamo, a second or more that a run without pretrained weights need not pay."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def counterpart(model_cfg: DictConfig) -> str:
     """The torchvision network a model config follows; pretrained weights need one."""
     arch = model_cfg.get("torchvision")
@@ -38,7 +46,7 @@ def counterpart(model_cfg: DictConfig) -> str:
         raise UserError(f"model.pretrained={model_cfg.get('pretrained')}: the model '{model_cfg.get('name')}' has no "
                         "torchvision counterpart whose weights could load; use model=resnet18, resnet34, resnet50 or "
                         "mobilenet_v2, or start from a cnn-cli checkpoint with init_from=")
-    if arch not in torchvision.models.list_models(torchvision.models):
+    if arch not in _models().list_models(_models()):
         raise UserError(f"model.torchvision={arch}: not a torchvision classification model")
     return arch
 
@@ -48,7 +56,7 @@ def key_table(arch: str, model: nn.Module, num_classes: int) -> dict[str, str]:
     same kind of tensor (weight, running_mean, ...) of the same shape, so a config that
     drifted from torchvision's layout is caught here and not as wrong predictions."""
     with torch.device("meta"):  # the layout only: no memory, no initialisation cost
-        theirs = torchvision.models.get_model(arch, num_classes=num_classes).state_dict()
+        theirs = _models().get_model(arch, num_classes=num_classes).state_dict()
     ours = model.state_dict()
     for (their_key, their), (our_key, own) in zip(theirs.items(), ours.items()):
         if their_key.rsplit(".", 1)[-1] != our_key.rsplit(".", 1)[-1] or their.shape != own.shape:
@@ -98,7 +106,7 @@ def read_file(path: str, source: str) -> dict[str, torch.Tensor]:
 def imagenet(arch: str, source: str) -> dict[str, torch.Tensor]:
     """torchvision's default ImageNet weights for `arch`, from torch's hub cache, downloaded
     there (hash checked) when missing. Offline: one line naming the file and where it goes."""
-    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    url = _models().get_model_weights(arch).DEFAULT.url
     name = os.path.basename(urlparse(url).path)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
-from torch.utils.tensorboard import SummaryWriter
-from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from cnn_cli.data import normalize
+
+if TYPE_CHECKING:  # TensorBoard itself is imported when a writer opens: a run that fails its checks never pays it
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def open_writer(folder: Path, purge_step: int | None) -> SummaryWriter:
     """TensorBoard's writer. Its events are written by a background thread; when that write
     fails (a full disk) the thread's traceback is not printed: the writer raises the same
     error in the training thread at its next call, where the run reports it as one line."""
+    from torch.utils.tensorboard import SummaryWriter
+
     if not getattr(threading.excepthook, "quiet_tensorboard", False):
         threading.excepthook = _quiet_tensorboard(threading.excepthook)
     return SummaryWriter(str(folder), purge_step=purge_step)
@@ -81,12 +83,17 @@ def start_session(writer: SummaryWriter, hparams: dict[str, Any]) -> None:
     sub-run, which splits one run in two in TensorBoard's run list). No experiment summary:
     TensorBoard then builds the HParams table from every run of a sweep, the hyperparameters
     that differ between them first, and shows those."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
     _, session_start, _ = hparams_summary(hparams, {})
     writer.file_writer.add_summary(session_start)
 
 
 def end_session(writer: SummaryWriter, metrics: dict[str, float], step: int, failed: bool = False) -> None:
     """The final metrics, and the run's status: a failed job shows as failed in the HParams tab."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
     _, _, session_end = hparams_summary({}, {})
     if failed:
         plugin_data = session_end.value[0].metadata.plugin_data

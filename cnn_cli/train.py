@@ -20,22 +20,24 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, files, optim, pretrained, recipe,
-                     rundir, runtime, schema, stopping, tb, transfer)
+from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, files, meter, optim, pretrained,
+                     recipe, rundir, runtime, schema, stopping, tb, transfer)
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.evaluate import evaluate
 from cnn_cli.summary import format_table
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
     threads = runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    runtime.reuse_freed_memory()
     torch.manual_seed(cfg.seed)
 
     distributed.start(rank, device)
@@ -378,43 +381,34 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
     bar = tqdm(batches, total=run.steps_per_epoch, initial=progress.batch,
                desc=f"epoch {progress.epoch + 1}/{trainer.epochs}", disable=not drawing, leave=False, unit="batch",
                dynamic_ncols=True)
-    memory_format = run.memory_format  # looked up once, not at every step
-    accumulate = trainer.accumulate_grad_batches
-    step_loss, step_seen = 0.0, 0  # the optimizer step's batches so far
+    # looked up once, not at every step: each config lookup costs as much as a small tensor op
+    memory_format, accumulate, every = run.memory_format, trainer.accumulate_grad_batches, trainer.log_every_n_steps
+    photo, smoothing, clip = augment.settings(cfg.dataset.augment), trainer.label_smoothing, trainer.grad_clip_norm
+    classes, seed = cfg.dataset.num_classes, cfg.seed * 1_000_003
+    numbers = meter.Meter()  # read at the steps logged, at the epoch's end and at a stop: no wait on the device
     started = time.perf_counter()
     try:
         for images, labels in bar:
-            images, targets = augment.apply(images, labels, cfg.dataset.augment, run.data.mean, run.data.std,
-                                            cfg.dataset.num_classes, cfg.seed * 1_000_003 + progress.step)
+            images, targets = augment.apply(images, labels, photo, run.data.mean, run.data.std, classes,
+                                            seed + progress.step)
             images = images.contiguous(memory_format=memory_format)
             with run.amp():
                 logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=trainer.label_smoothing)
-            # one sync per step, and under torchrun one sum over the processes, so that
-            # all agree on the global batch's loss and on stopping
-            loss_sum, correct, stops = distributed.sum_over_ranks(
-                [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), stop.signum is not None],
-                run.device)
-            seen = len(labels) * rank.world
-            if not math.isfinite(loss_sum):
-                raise UserError(_diverged(loss_sum / seen, progress.epoch, progress.step + 1, run.optimizer,
-                                          run.ckpt_dir))
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+            numbers.add(loss, logits, labels, progress.step + 1)
             if progress.batch % accumulate == 0:  # the first batch of an optimizer step
                 run.optimizer.zero_grad(set_to_none=True)
             # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
             group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
-            run.scaler.scale(loss / group).backward()
+            run.scaler.scale(loss / group if group > 1 else loss).backward()
             progress.batch += 1
-            progress.seen += seen
-            progress.loss_sum += loss_sum
-            progress.correct += int(correct)
-            step_loss, step_seen = step_loss + loss_sum, step_seen + seen
+            progress.seen += len(labels) * rank.world
             if progress.batch % accumulate and progress.batch < run.steps_per_epoch:
                 continue  # more batches add to this step's gradients (a stop waits for the step: resumable)
             lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
-            if trainer.grad_clip_norm:
+            if clip:
                 run.scaler.unscale_(run.optimizer)
-                nn.utils.clip_grad_norm_(run.model.parameters(), trainer.grad_clip_norm)
+                nn.utils.clip_grad_norm_(run.model.parameters(), clip)
             run.scaler.step(run.optimizer)
             run.scaler.update()
             if run.per_step:
@@ -422,22 +416,42 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
             progress.step += 1
             if run.ema:
                 run.ema.update(run.model, progress.step)
-            if progress.step % trainer.log_every_n_steps == 0 or progress.step == 1:
-                writer.add_scalar("loss/train_step", step_loss / step_seen, progress.step)
-                writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
-            step_loss, step_seen = 0.0, 0
+            logged = progress.step % every == 0 or progress.step == 1
+            # one process stops at any step; several agree on it when they read, all at the same steps
+            asked = stop.signum is not None
+            stops = False
+            if logged or progress.batch >= run.steps_per_epoch or (asked and rank.world == 1):
+                stops = _read(run, numbers.read(asked, run.device, rank.world), writer if logged else None, lr)
+                if drawing:  # tqdm redraws at most 10 times a second
+                    elapsed = progress.train_seconds + time.perf_counter() - started
+                    bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
+                                    acc=f"{progress.correct / progress.seen:.4f}",
+                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
             after_step()
-            if drawing:  # tqdm redraws at most 10 times a second
-                elapsed = progress.train_seconds + time.perf_counter() - started
-                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.4f}",
-                                acc=f"{progress.correct / progress.seen:.4f}",
-                                img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}", refresh=False)
             if stops:
                 return True
         return False
     finally:
         bar.close()
         progress.train_seconds += time.perf_counter() - started
+
+
+def _read(run: Run, read: meter.Batches, writer: SummaryWriter | None, lr: float) -> bool:
+    """Add what the device computed since the last read to the epoch's sums, and log the
+    step just taken to `writer`; returns whether to stop. A NaN or infinite loss stops the
+    run, naming the step where it first appeared."""
+    progress = run.progress
+    bad = read.first_non_finite()
+    if bad is not None:
+        raise UserError(_diverged(read.loss_sums[bad] / read.sizes[bad], progress.epoch, read.steps[bad],
+                                  run.cfg.optimizer.lr, run.ckpt_dir))
+    for loss_sum in read.loss_sums:  # in order, one batch at a time: the same sum at any reading cadence
+        progress.loss_sum += loss_sum
+    progress.correct += read.correct
+    if writer is not None:
+        writer.add_scalar("loss/train_step", read.step_loss(progress.step), progress.step)
+        writer.add_scalar("lr", lr, progress.step)  # per step: the schedule's shape shows
+    return read.stop
 
 
 def _events_not_written(err: OSError, run_dir: Path) -> Exception:
@@ -457,10 +471,10 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-def _diverged(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> str:
+def _diverged(loss: float, epoch: int, step: int, lr: float, ckpt_dir: Path) -> str:
+    """What a NaN or infinite loss at `step` says; `lr` is optimizer.lr, which the schedule scales."""
     last = ckpt_dir / "last.pt"
     kept = f"{last} keeps the state after epoch {epoch}" if last.exists() else "no checkpoint was written yet"
-    lr = optimizer.param_groups[0]["lr"]
     return (f"epoch {epoch + 1}, step {step}: the loss is {loss}; the run stopped ({kept}). Try a lower "
             f"learning rate (optimizer.lr={lr / 10:g}) or trainer.grad_clip_norm=1")
 

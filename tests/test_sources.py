@@ -12,23 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
 from cnn_cli import contract, data, imagefolder, schema, train
-from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import run_eval
 from cnn_cli.export import run_export
-from helpers import ONE_THREAD, cnn, one_error_line
-
-register()
-
-
-def composed(*overrides: str):
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+from helpers import ONE_THREAD, cnn, compose, one_error_line
 
 
 def small_tree(root: Path) -> Path:
@@ -56,7 +47,7 @@ def test_an_image_folder_run_walks_its_tree_once_and_stats_each_file_once(tmp_pa
     monkeypatch.setattr(os, "scandir", counting(scandir, listed))
     monkeypatch.setattr(os, "listdir", counting(listdir, listed))
     monkeypatch.setattr(os, "stat", counting(stat, stats))
-    cfg = composed("dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "dataset.val_size=2",
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.workers=1", "dataset.val_size=2",
                    "dataset.test_size=2", "model=lenet5", "trainer.device=cpu")
     train.prepare(cfg, tmp_path / "run", [])
     walks = {folder: listed[folder] for folder in folders}
@@ -67,13 +58,13 @@ def test_an_image_folder_run_walks_its_tree_once_and_stats_each_file_once(tmp_pa
 
 
 def test_the_schema_check_reads_no_file_and_summary_resolves_like_train(tmp_path: Path) -> None:
-    cfg = composed("dataset=imagefolder", f"dataset.root={tmp_path / 'nowhere'}")
+    cfg = compose("train", "dataset=imagefolder", f"dataset.root={tmp_path / 'nowhere'}")
     schema.check(cfg)  # pure: the missing folder is the dataset's to find, when a run resolves it
     assert cfg.dataset.input_shape is None
     with pytest.raises(UserError, match="does not exist"):
         data.resolve(cfg.dataset)
     with pytest.raises(UserError, match=r"dataset.source 'MNIST2' is not one of MNIST, FashionMNIST, .*, arrays"):
-        data.check(composed("dataset.source=MNIST2").dataset)
+        data.check(compose("train", "dataset.source=MNIST2").dataset)
 
 
 # ---------------------------------------------------------------------------- dataset=arrays
@@ -88,7 +79,7 @@ def readings(n: int, rng: np.random.Generator, shape=(3, 20)) -> tuple[np.ndarra
 
 
 def arrays_cfg(root: Path, *overrides: str):
-    return composed("dataset=arrays", f"dataset.root={root}", *overrides)
+    return compose("train", "dataset=arrays", f"dataset.root={root}", *overrides)
 
 
 def test_logged_sensor_windows_in_an_npz_train_with_shape_classes_and_normalisation_read_off_them(
@@ -109,9 +100,8 @@ def test_logged_sensor_windows_in_an_npz_train_with_shape_classes_and_normalisat
     assert contract.of(dataset)["samples"] == "float32" and contract.of(dataset)["color"] is None
     train.train(run)
     best = tmp_path / "run" / "checkpoints" / "best.pt"
-    with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
-        eval_cfg = compose("eval", overrides=[f"checkpoint={best}", f"root={tmp_path / 'imu.npz'}"])
-        nowhere = compose("eval", overrides=[f"checkpoint={best}"])
+    eval_cfg = compose("eval", f"checkpoint={best}", f"root={tmp_path / 'imu.npz'}")
+    nowhere = compose("eval", f"checkpoint={best}")
     report = run_eval(eval_cfg)  # the same arrays, so the same split: the run's own test set and number
     assert report["test_set"]["count"] == 5 and report["accuracy"] == report["recorded_accuracy"]
     with pytest.raises(UserError, match=r"the run trained on numpy arrays: give them with root=FILE.npz or DIR"):
