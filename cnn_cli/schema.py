@@ -21,7 +21,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
-from cnn_cli import bounds, data, optim, stopping
+from cnn_cli import bounds, data, optim, stopping, tta
 from cnn_cli.builder import check_norm
 from cnn_cli.errors import UserError
 
@@ -66,6 +66,7 @@ class TrainerSchema:
     overfit_batches: Optional[int] = MISSING
     profile_steps: Optional[int] = MISSING
     keep_run_folder: bool = MISSING
+    tta: Optional[str] = None  # flip: validation and test score each image and its mirror image (cnn_cli/tta.py)
 
 
 @dataclass
@@ -255,6 +256,7 @@ def check(cfg: DictConfig) -> None:
     _check_ema_and_early_stopping(trainer, cfg.dataset.val_size)
     optim.check(cfg, trainer.epochs)
     data.resolve(cfg.dataset)
+    tta.check(trainer.get("tta"), cfg.dataset.input_shape)
     if cfg.dataset.val_size == 0 and cfg.scheduler.get("monitor"):
         raise UserError(f"scheduler.monitor={cfg.scheduler.monitor} watches the validation split, but "
                         "dataset.val_size=0 holds none out; use another scheduler or dataset.val_size > 0")

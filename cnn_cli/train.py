@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import cnn_cli
 from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, optim, pretrained, recipe, rundir,
-                     runtime, schema, stopping, tb, transfer)
+                     runtime, schema, stopping, tb, transfer, tta)
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
@@ -479,8 +479,9 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
         distributed.share_buffers(run.model)
         if run.ema:
             distributed.share_buffers(run.ema.model)
-        val = evaluate(run.evaluated, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
-                       trainer.eval_batch_size, trainer.limit_val_batches, run.amp, run.memory_format)
+        val = evaluate(tta.wrap(run.evaluated, trainer.get("tta")), data,
+                       data_mod.shard(data.val, run.rank.index, run.rank.world), trainer.eval_batch_size,
+                       trainer.limit_val_batches, run.amp, run.memory_format)
         row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
         improved = stopping.improved(row, progress.history, _chosen_by(trainer))
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
@@ -522,8 +523,8 @@ def finish(run: Run, writer: SummaryWriter) -> float:
         log.info(stopped_early)
     overfit = debugging.overfit_verdict(progress.history, cfg.trainer) if cfg.trainer.overfit_batches else None
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, cfg.trainer.limit_test_batches, run.amp,
-                    run.memory_format)
+    test = evaluate(tta.wrap(best, cfg.trainer.get("tta")), data, shard, cfg.trainer.eval_batch_size,
+                    cfg.trainer.limit_test_batches, run.amp, run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
@@ -588,7 +589,7 @@ def _resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictC
 
 
 # trainer keys newer than some checkpoints, and what a run without them did
-_BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+_BEFORE_THESE_KEYS = {"ema_decay": None, "tta": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
                       "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
                       "keep_run_folder": True,
                       "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
