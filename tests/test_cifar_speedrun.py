@@ -101,7 +101,8 @@ def test_a_run_with_flip_tta_validates_and_tests_so_and_cnn_eval_scores_it_the_s
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("dataset=mnist_sample", "trainer.tta=rotate"), "trainer.tta=rotate: choose flip (mean of each image and its mirror image), or null"),
+    (("dataset=mnist_sample", "trainer.tta=rotate"),
+     "trainer.tta=rotate: choose flip (mean of each image and its mirror image), or null"),
     (("trainer.tta=flip", "experiment=basic_motions"), "trainer.tta=flip mirrors images left to right, but the "
                                                         "samples are 1-D signals (6 x 100: channels x steps)"),
 ])
