@@ -207,7 +207,7 @@ def resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictCo
 
 
 # trainer keys newer than some checkpoints, and what a run without them did
-BEFORE_THESE_KEYS = {"ema_decay": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
+BEFORE_THESE_KEYS = {"ema_decay": None, "tta": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
                      "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
                      "keep_run_folder": True,
                      "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_cli import data as data_mod, distributed, files, runtime, sources
+from cnn_cli import data as data_mod, distributed, files, runtime, sources, tta
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import DataMissing, UserError
 from cnn_cli.fuse import fuse_batchnorm
@@ -87,7 +87,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("evaluating %s", path)
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format)
+    scored = tta.wrap(model, train_cfg.trainer.get("tta"))  # as the run validated and tested
+    result = evaluate(scored, data, split, batch_size, amp=amp, memory_format=memory_format)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
     fallback = data.fallback
@@ -108,7 +109,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
-        fused_result = evaluate(fused, data, split, batch_size, amp=amp, memory_format=memory_format)
+        fused_result = evaluate(tta.wrap(fused, train_cfg.trainer.get("tta")), data, split, batch_size, amp=amp,
+                                memory_format=memory_format)
         report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
                              "accuracy": fused_result.accuracy,
                              "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}

@@ -184,12 +184,12 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
 
 
 def _check_one_cycle(options: dict[str, Any]) -> None:
-    """OneCycleLR divides by each phase's length, so a run too short for both phases would stop
-    with torch's 'float division by zero'; say which numbers clash instead."""
+    """OneCycleLR divides by its warm-up's length less one step, so a warm-up of exactly one step
+    would stop with torch's 'float division by zero'; say which numbers clash instead."""
     steps, pct = options["total_steps"], options.get("pct_start", 0.3)
-    if not 1 < pct * steps < steps:
-        raise UserError(f"scheduler.pct_start={pct} of {steps} steps leaves the warm-up or the decay of OneCycleLR "
-                        "without a step: train more steps (trainer.epochs, trainer.limit_train_batches) or change "
+    if pct * steps == 1:
+        raise UserError(f"scheduler.pct_start={pct} of {steps} steps gives OneCycleLR a warm-up of one step, which "
+                        "it cannot schedule: train more steps (trainer.epochs, trainer.limit_train_batches) or change "
                         "scheduler.pct_start")
 
 

@@ -66,6 +66,7 @@ class TrainerSchema:
     overfit_batches: Optional[int] = MISSING
     profile_steps: Optional[int] = MISSING
     keep_run_folder: bool = MISSING
+    tta: Optional[str] = None  # flip: validation and test score each image and its mirror image (cnn_cli/tta.py)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnn_cli import (augment, checkpoint, data as data_mod, debugging, distributed, files, meter, optim, pretrained,
-                     recipe, rundir, runtime, schema, stopping, tb, transfer)
+                     recipe, rundir, runtime, schema, stopping, tb, transfer, tta)
 from cnn_cli.builder import build_from_config
 from cnn_cli.ema import WeightAverage
 from cnn_cli.errors import UserError, first_line
@@ -187,6 +187,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     pretrained.default_normalisation(cfg)
     schema.check(cfg)
     opened = data_mod.resolve(cfg.dataset)  # the one look at the files before reading: imagefolder decodes here
+    tta.check(cfg.trainer.get("tta"), cfg.dataset.input_shape)  # the samples' rank: known once resolved
     hidden = checkpoint.environment_values(cfg, checkpoint.recorded_config(cfg))
     if hidden:  # the log (train.log, the console) says ${oc.env:KEY} where the config did
         for handler in logging.getLogger().handlers:
@@ -494,8 +495,9 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
         distributed.share_buffers(run.model)
         if run.ema:
             distributed.share_buffers(run.ema.model)
-        val = evaluate(run.evaluated, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
-                       trainer.eval_batch_size, trainer.limit_val_batches, run.amp, run.memory_format)
+        val = evaluate(tta.wrap(run.evaluated, trainer.get("tta")), data,
+                       data_mod.shard(data.val, run.rank.index, run.rank.world), trainer.eval_batch_size,
+                       trainer.limit_val_batches, run.amp, run.memory_format)
         row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
         improved = stopping.improved(row, progress.history, _chosen_by(trainer))
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
@@ -537,8 +539,8 @@ def finish(run: Run, writer: SummaryWriter) -> float:
         log.info(stopped_early)
     overfit = debugging.overfit_verdict(progress.history, cfg.trainer) if cfg.trainer.overfit_batches else None
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, cfg.trainer.limit_test_batches, run.amp,
-                    run.memory_format)
+    test = evaluate(tta.wrap(best, cfg.trainer.get("tta")), data, shard, cfg.trainer.eval_batch_size,
+                    cfg.trainer.limit_test_batches, run.amp, run.memory_format)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
