@@ -101,7 +101,8 @@ speedrun() {
     "$PYTHON" benchmarks/mnist_plain.py --root "$ROOT" --device "$DEVICE" --seed "$seed" \
       ${QUICK:+--steps 20} || return
   done
-  "$PYTHON" benchmarks/speedrun.py --root "$ROOT" --device "$DEVICE" ${QUICK:+--rounds 1 --steps 20}
+  "$PYTHON" benchmarks/speedrun.py --root "$ROOT" --device "$DEVICE" \
+    $(if quick; then echo --rounds 1 --steps 20; else echo --rounds 3; fi)
 }
 
 speed() {
