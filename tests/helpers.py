@@ -110,6 +110,7 @@ class Started:
         environ = user_env(env)
         if fork and environ.get("CUDA_VISIBLE_DEVICES") != "" and _cuda_started():
             fork = False  # a forked child cannot use the GPU this process has started: the script can
+        if not fork:
             self._popen = subprocess.Popen(self.args, cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=self._out,
                                            stderr=self._err)
             self.pid = self._popen.pid
