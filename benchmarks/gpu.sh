@@ -84,6 +84,8 @@ PY
   cnn-predict checkpoint="$run/checkpoints/best.onnx" inputs="[$photos]" || return
   local photo=(model=resnet18 dataset=random 'dataset.input_shape=[3,64,64]' 'dataset.num_images=[512,128]'
                dataset.val_size=128 trainer.device="$DEVICE" trainer.progress=false trainer.batch_size=64)
+  quick && photo+=('dataset.input_shape=[3,32,32]' 'dataset.num_images=[48,16]' dataset.val_size=16
+                   trainer.batch_size=16)  # resnet18 on a CPU: a few small batches
   cnn-train "${photo[@]}" trainer.epochs=2 trainer.precision=bf16 trainer.ema_decay=0.9 dataset.augment.flip=true \
     'dataset.augment.resized_crop_scale=[0.35,1]' dataset.augment.brightness=0.2 dataset.augment.contrast=0.2 \
     hydra.run.dir="$WORK/resnet18" || return
