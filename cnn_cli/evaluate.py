@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_cli import data as data_mod, distributed, files, runtime, sources, tta
+from cnn_cli import data as data_mod, distributed, files, runtime, sources, tta as tta_mod
 from cnn_cli.data import Data, Split
 from cnn_cli.errors import DataMissing, UserError
 from cnn_cli.fuse import fuse_batchnorm
@@ -39,11 +39,13 @@ class EvalResult:
 
 def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit: int | None = None,
              amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
+             memory_format: torch.memory_format = torch.contiguous_format, *, tta: str | None) -> EvalResult:
     """Mean loss and accuracy over the split (or its first `limit` batches), in eval mode so
     batchnorm uses and keeps its running statistics. Under torchrun each process passes its
-    shard; loss and accuracy are then over all shards, the predictions this shard's."""
+    shard; loss and accuracy are then over all shards, the predictions this shard's. `tta` is
+    the run's trainer.tta, a required keyword: validation, the test and cnn-eval score alike."""
     was_training = model.training
+    model = tta_mod.wrap(model, tta)
     model.eval()
     loss_sum, preds, labels = 0.0, [], []
     with torch.inference_mode():
@@ -87,8 +89,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("evaluating %s", path)
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    scored = tta.wrap(model, train_cfg.trainer.get("tta"))  # as the run validated and tested
-    result = evaluate(scored, data, split, batch_size, amp=amp, memory_format=memory_format)
+    # as the run validated and tested; a checkpoint written before trainer.tta existed has no such key (its
+    # stored config is read as it is, not merged with the schema): its run scored each image once
+    tta = train_cfg.trainer.get("tta")
+    result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format, tta=tta)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))
     fallback = data.fallback
@@ -109,8 +113,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s", _format_confusion(matrix, classes))
     if cfg.fuse_bn:
         fused = fuse_batchnorm(model)
-        fused_result = evaluate(tta.wrap(fused, train_cfg.trainer.get("tta")), data, split, batch_size, amp=amp,
-                                memory_format=memory_format)
+        fused_result = evaluate(fused, data, split, batch_size, amp=amp, memory_format=memory_format, tta=tta)
         report["fuse_bn"] = {"max_abs_logit_difference": _max_difference(model, fused, data, split, batch_size),
                              "accuracy": fused_result.accuracy,
                              "same_predictions": bool(torch.equal(fused_result.predictions, result.predictions))}

@@ -187,7 +187,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     pretrained.default_normalisation(cfg)
     schema.check(cfg)
     opened = data_mod.resolve(cfg.dataset)  # the one look at the files before reading: imagefolder decodes here
-    tta.check(cfg.trainer.get("tta"), cfg.dataset.input_shape)  # the samples' rank: known once resolved
+    tta.check(cfg.trainer.tta, cfg.dataset.input_shape)  # the samples' rank: known once resolved
     hidden = checkpoint.environment_values(cfg, checkpoint.recorded_config(cfg))
     if hidden:  # the log (train.log, the console) says ${oc.env:KEY} where the config did
         for handler in logging.getLogger().handlers:
@@ -495,9 +495,8 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
         distributed.share_buffers(run.model)
         if run.ema:
             distributed.share_buffers(run.ema.model)
-        val = evaluate(tta.wrap(run.evaluated, trainer.get("tta")), data,
-                       data_mod.shard(data.val, run.rank.index, run.rank.world), trainer.eval_batch_size,
-                       trainer.limit_val_batches, run.amp, run.memory_format)
+        val = evaluate(run.evaluated, data, data_mod.shard(data.val, run.rank.index, run.rank.world),
+                       trainer.eval_batch_size, trainer.limit_val_batches, run.amp, run.memory_format, tta=trainer.tta)
         row.update(val_loss=val.loss, val_acc=val.accuracy, val_seconds=time.perf_counter() - started)
         improved = stopping.improved(row, progress.history, _chosen_by(trainer))
         val_text = f"val loss {val.loss:.4f} acc {val.accuracy:.4f}{' (best)' if improved else ''}"
@@ -539,8 +538,8 @@ def finish(run: Run, writer: SummaryWriter) -> float:
         log.info(stopped_early)
     overfit = debugging.overfit_verdict(progress.history, cfg.trainer) if cfg.trainer.overfit_batches else None
     shard = data_mod.shard(data.test, rank.index, rank.world)
-    test = evaluate(tta.wrap(best, cfg.trainer.get("tta")), data, shard, cfg.trainer.eval_batch_size,
-                    cfg.trainer.limit_test_batches, run.amp, run.memory_format)
+    test = evaluate(best, data, shard, cfg.trainer.eval_batch_size, cfg.trainer.limit_test_batches, run.amp,
+                    run.memory_format, tta=cfg.trainer.tta)
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cnn_cli import data as data_mod, train, tta
+from cnn_cli import checkpoint, data as data_mod, train, tta
 from cnn_cli.errors import UserError
 from cnn_cli.evaluate import evaluate, run_eval
+from cnn_cli.trained import load_trained
 from helpers import compose
+from test_use_model import save_checkpoint
 
 CLASSES = ("cat", "dog", "ship")
 
@@ -70,8 +72,8 @@ def test_flip_tta_scores_the_mean_of_the_logits_of_each_image_and_its_mirror(tra
     images = data_mod.normalize(data.test.images, data.mean, data.std)
     with torch.no_grad():
         logits = (model(images) + model(images.flip(-1))) / 2
-    plain = evaluate(model, data, data.test, 10)
-    flipped = evaluate(tta.wrap(model, "flip"), data, data.test, 10)
+    plain = evaluate(model, data, data.test, 10, tta=None)
+    flipped = evaluate(model, data, data.test, 10, tta="flip")
     assert torch.equal(flipped.predictions, logits.argmax(1))
     assert flipped.loss == pytest.approx(F.cross_entropy(logits, data.test.labels).item(), rel=1e-6)
     assert not torch.equal(flipped.predictions, plain.predictions)  # the test can fail: mirroring changes scores
@@ -91,7 +93,23 @@ def test_a_run_with_flip_tta_validates_and_tests_so_and_cnn_eval_scores_it_the_s
     model = train.prepare(cfg, tmp_path / "again", []).model  # the same network, for its weights
     model.load_state_dict(torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"])
     data = data_mod.load(cfg.dataset)
-    assert evaluate(model, data, data.test, 100).loss != pytest.approx(metrics["test_loss"], rel=1e-5)  # not plain
+    plain = evaluate(model, data, data.test, 100, tta=None)
+    assert plain.loss != pytest.approx(metrics["test_loss"], rel=1e-5)  # the test can fail: flip TTA is not plain
+
+
+def test_cnn_eval_scores_a_checkpoint_from_before_trainer_tta_plainly_as_its_run_did(tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", ["model=lenet5_bn", "dataset=mnist_sample"])
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["trainer"]["tta"]  # as a checkpoint written before the key existed stores its config
+    checkpoint.save(state, ckpt)
+    report = run_eval(compose("eval", f"checkpoint={ckpt}", "device=cpu", "fuse_bn=true"))
+    trained = load_trained(ckpt)
+    data = data_mod.load(trained.config.dataset)
+    plain = evaluate(trained.model, data, data.test, 256, tta=None)
+    assert report["loss"] == pytest.approx(plain.loss, rel=1e-5) and report["accuracy"] == plain.accuracy
+    assert report["fuse_bn"]["same_predictions"]
+    flipped = evaluate(trained.model, data, data.test, 256, tta="flip")
+    assert report["loss"] != pytest.approx(flipped.loss, rel=1e-5)  # the test can fail: flip TTA scores otherwise
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -113,7 +113,7 @@ def test_a_run_without_graph_images_or_checkpoints_still_tests_its_best_weights(
     assert not (tmp_path / "run" / "checkpoints").exists()
     best = build_from_config(cfg).model
     best.load_state_dict(run.best_weights)
-    test = evaluate(best, run.data, run.data.test, 256, None, run.amp, run.memory_format)
+    test = evaluate(best, run.data, run.data.test, 256, None, run.amp, run.memory_format, tta=None)
     assert metrics["test_acc"] == test.accuracy and metrics["best_epoch"] in (1, 2)
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     tags = events.Tags()

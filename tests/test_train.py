@@ -144,7 +144,7 @@ def test_evaluation_keeps_the_batchnorm_statistics_and_the_mode_it_found() -> No
     model = build_model(layers, (1, 28, 28)).model
     sample = data.load(compose("train", "dataset=mnist_sample").dataset)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    evaluate(model, sample, sample.val, 100, limit=2)
+    evaluate(model, sample, sample.val, 100, limit=2, tta=None)
     assert model.training  # as it was found, for the next training step
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running statistics included
 

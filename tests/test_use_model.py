@@ -105,7 +105,7 @@ def test_predict_gives_the_classes_cnn_eval_gives_for_the_same_images(trained: P
     model = load_trained(trained)
     config = model.config
     data = data_mod.load(config.dataset)
-    expected = evaluate(model.model, data, data.test, 256).predictions[PICKED].tolist()
+    expected = evaluate(model.model, data, data.test, 256, tta=None).predictions[PICKED].tolist()
     lines = [line.split("\t") for line in proc.stdout.splitlines()]
     by_name = {line[0]: line for line in lines}
     assert [int(by_name[n][1]) for n in names] == expected
@@ -153,7 +153,7 @@ def test_predict_takes_a_npy_of_float_readings_for_a_1d_model(tmp_path: Path, mo
     assert run_predict(cfg) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     classes = list(trained.config.dataset.classes)
-    expected = evaluate(trained.model, data, data.test, 16).predictions.tolist()
+    expected = evaluate(trained.model, data, data.test, 16, tta=None).predictions.tolist()
     assert [(name, classes.index(label)) for name, label, _ in lines] == \
         [(f"series.npy[{i}]", c) for i, c in enumerate(expected)]
 
