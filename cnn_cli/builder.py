@@ -103,8 +103,9 @@ def check_norm(model: DictConfig) -> None:
 
 
 def build_from_config(cfg: DictConfig) -> BuiltModel:
-    """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class."""
-    check_norm(cfg.model)
+    """Build cfg.model for cfg.dataset's input shape, checking it ends in one score per class.
+    Its norm switch is checked before, with the rest of each command's config (check_norm: in
+    schema.check for cnn-train, commands.summary, trained.load_trained)."""
     try:
         built = build_model(cfg.model.layers, cfg.dataset.input_shape)
     except UserError as err:

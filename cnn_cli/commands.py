@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cnn_cli import data, distributed, rundir
-from cnn_cli.builder import BuiltModel, build_from_config
+from cnn_cli.builder import BuiltModel, build_from_config, check_norm
 from cnn_cli.errors import REPORTED
 from cnn_cli.summary import format_table
 
@@ -23,6 +23,7 @@ log = logging.getLogger("cnn_cli")
 def summary(cfg: DictConfig) -> None:
     """cnn-summary model=X [dataset=Y]: the layer table, no data, no training."""
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    check_norm(cfg.model)  # before the data is looked at, as cnn-train's schema.check
     data.resolve(cfg.dataset)  # the dataset's checks, as cnn-train runs them (imagefolder: the shape from its files)
     explain(build_from_config(cfg))
 

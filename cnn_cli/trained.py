@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cnn_cli import checkpoint, data as data_mod
-from cnn_cli.builder import build_from_config
+from cnn_cli.builder import build_from_config, check_norm
 from cnn_cli.errors import UserError
 
 
@@ -37,6 +37,7 @@ def load_trained(path: str | Path, key: str = "checkpoint") -> Trained:
     state = checkpoint.load(file, key)
     train_cfg = checkpoint.stored_config(state["config"])
     try:  # checked as cnn-train checks it: a shared checkpoint's dataset.std=[0] would predict NaN
+        check_norm(train_cfg.model)
         data_mod.check(train_cfg.dataset)
     except UserError as err:
         raise UserError(f"{key}={path}: its stored config is not valid ({err}); it was damaged or edited, and cannot "

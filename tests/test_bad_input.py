@@ -515,6 +515,11 @@ CASES: dict[str, Case] = {
         "cnn-eval", ("checkpoint=edited.pt",),
         ("edited.pt is not a complete cnn-cli checkpoint", "'progress' is missing"),
         _edited_checkpoint(lambda state: state.pop("progress")), needs_run=True),
+    "eval_checkpoint_with_a_norm_its_model_lacks": Case(
+        "cnn-eval", ("checkpoint=edited.pt",),
+        ("checkpoint=edited.pt: its stored config is not valid (model.norm=groupnorm: the model 'lenet5' has no norm "
+         "switch", "damaged or edited"),
+        _edited_checkpoint(lambda state: state["config"]["model"].update(norm="groupnorm")), needs_run=True),
     "eval_checkpoint_model_not_a_state_dict": Case(
         "cnn-eval", ("checkpoint=edited.pt",), ("its 'model' is not a state dict of tensors",),
         _edited_checkpoint(lambda state: state.update(model={"conv1.weight": [1, 2]})), needs_run=True),
