@@ -58,6 +58,7 @@ class Progress:
     correct: int = 0
     seen: int = 0
     train_seconds: float = 0.0
+    lr: float = 0.0  # the rate the epoch's last optimizer step used, which its row reports
     history: list[dict[str, float]] = field(default_factory=list)
     pretrained: list[str] = field(default_factory=list)  # parameters that came loaded: their own rate on resume
 
@@ -406,7 +407,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
             progress.seen += len(labels) * rank.world
             if progress.batch % accumulate and progress.batch < run.steps_per_epoch:
                 continue  # more batches add to this step's gradients (a stop waits for the step: resumable)
-            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the scheduler moves it
+            lr = progress.lr = run.optimizer.param_groups[0]["lr"]  # this step's rate, before the scheduler moves it
             if clip:
                 run.scaler.unscale_(run.optimizer)
                 nn.utils.clip_grad_norm_(run.model.parameters(), clip)
@@ -487,7 +488,7 @@ def end_epoch(run: Run, writer: SummaryWriter) -> None:
     epoch = progress.epoch
     row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / progress.seen,
            "train_acc": progress.correct / progress.seen,
-           "lr": run.optimizer.param_groups[0]["lr"], "img_per_s": progress.seen / progress.train_seconds,
+           "lr": progress.lr, "img_per_s": progress.seen / progress.train_seconds,
            "epoch_seconds": progress.train_seconds}
     val_text, improved = "no validation", True
     if len(data.val):

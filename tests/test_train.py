@@ -239,6 +239,22 @@ def test_plateau_lowers_the_rate_after_each_epoch_without_improvement(tmp_path: 
     assert state["scheduler"]["num_bad_epochs"] == 0 and state["scheduler"]["factor"] == 0.5
 
 
+def test_each_epoch_reports_the_rate_its_last_step_used_never_one_past_a_schedules_end(tmp_path: Path) -> None:
+    # one-cycle's linear decay, stepped once past its last step (the run's last scheduler.step()), goes below zero:
+    # 2 epochs of 4 steps to max_lr 0.05 end at 0.05 / 25 / 1e4 = 2e-7, and one step past at -0.0083
+    run = train_here(tmp_path / "run", *tiny("scheduler=onecycle", "scheduler.anneal_strategy=linear",
+                                             "trainer.limit_train_batches=4", "trainer.epochs=2",
+                                             "trainer.log_every_n_steps=1", "trainer.device=cpu",
+                                             "trainer.log_graph=false", "trainer.log_images=false"))
+    rates = [row["lr"] for row in json.loads((run / "metrics.json").read_text())["history"]]
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    per_step = {e.step: e.value for e in events.Scalars("lr")}
+    assert sorted(per_step) == list(range(1, 9)) and min(per_step.values()) > 0
+    assert rates == pytest.approx([per_step[4], per_step[8]], rel=1e-6)  # float32 in TensorBoard
+    assert rates[-1] == pytest.approx(0.05 / 25 / 1e4)
+
+
 def test_an_experiment_states_only_its_changes_and_the_command_line_still_wins() -> None:
     plain = compose("train")
     recipe = compose("train", "experiment=lenet5_bn_onecycle")
