@@ -7,6 +7,7 @@ LOCAL_RANK; rank 0 writes the logs and checkpoints, the others only compute.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -92,3 +93,14 @@ def same_weights(model: nn.Module) -> bool:
         mismatches += int(not torch.equal(reference, tensor))
         device = tensor.device
     return sum_over_ranks([mismatches], device)[0] == 0
+
+
+def syncing_gradients(forward: nn.Module, ends_step: bool) -> contextlib.AbstractContextManager:
+    """Where a batch's forward and backward run. Under DistributedDataParallel, a batch that does
+    not end its optimizer step (trainer.accumulate_grad_batches) keeps its gradients in this
+    process (no_sync), and the step's last batch averages their sum over the processes in its
+    backward: one all-reduce a step, not one a batch. Anything else: no change."""
+    ddp = getattr(forward, "_orig_mod", forward)  # under torch.compile: the module it compiled
+    if ends_step or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()

@@ -394,18 +394,20 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
             images, targets = augment.apply(images, labels, photo, run.data.mean, run.data.std, classes,
                                             seed + progress.step)
             images = images.contiguous(memory_format=memory_format)
-            with run.amp():
-                logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
-            numbers.add(loss, logits, labels, progress.step + 1)
-            if progress.batch % accumulate == 0:  # the first batch of an optimizer step
-                run.optimizer.zero_grad(set_to_none=True)
-            # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
-            group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
-            run.scaler.scale(loss / group if group > 1 else loss).backward()
+            ends_step = (progress.batch + 1) % accumulate == 0 or progress.batch + 1 >= run.steps_per_epoch
+            with distributed.syncing_gradients(run.forward, ends_step):
+                with run.amp():
+                    logits = run.forward(images)  # mixup/cutmix: soft targets for the loss, the accuracy on `labels`
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+                numbers.add(loss, logits, labels, progress.step + 1)
+                if progress.batch % accumulate == 0:  # the first batch of an optimizer step
+                    run.optimizer.zero_grad(set_to_none=True)
+                # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
+                group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
+                run.scaler.scale(loss / group if group > 1 else loss).backward()
             progress.batch += 1
             progress.seen += len(labels) * rank.world
-            if progress.batch % accumulate and progress.batch < run.steps_per_epoch:
+            if not ends_step:
                 continue  # more batches add to this step's gradients (a stop waits for the step: resumable)
             lr = progress.lr = run.optimizer.param_groups[0]["lr"]  # this step's rate, before the scheduler moves it
             if clip:

@@ -4,6 +4,7 @@ the bundled MNIST sample with a few small batches."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnn_cli import checkpoint, schema, stopping, train
+from cnn_cli import checkpoint, distributed, schema, stopping, train
 from cnn_cli.errors import UserError
 from cnn_cli.ema import WeightAverage
 from cnn_cli.evaluate import run_eval
@@ -48,6 +49,38 @@ def test_accumulating_four_batches_of_8_is_one_batch_of_32(tmp_path: Path) -> No
         torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-6)
     assert any(not torch.allclose(small[key], big[key], rtol=1e-3, atol=1e-4) for key in big)  # the test can fail
     assert checkpoint.load(tmp_path / "acc" / "checkpoints" / "last.pt")["progress"]["step"] == 6  # optimizer steps
+
+
+def test_under_ddp_the_batches_before_a_steps_last_keep_their_gradients_and_the_last_all_reduces_once(
+        tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        reduced = []
+
+        def average(state, bucket):  # PyTorch's hook on each all-reduce: one process, so the mean is the sum
+            reduced.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        ddp.register_comm_hook(None, average)
+        batch = torch.randn(4, 3)
+        counts = []
+        for forward, ends_step in ((ddp, False), (torch.compile(ddp), False), (ddp, True)):  # a step of 3 batches
+            with distributed.syncing_gradients(forward, ends_step):
+                ddp(batch).sum().backward()
+            counts.append(len(reduced))
+        assert counts == [0, 0, 1]
+        one = torch.autograd.grad(ddp.module(batch).sum(), ddp.module.weight)[0]
+        torch.testing.assert_close(ddp.module.weight.grad, 3 * one)  # the three batches' sum, kept locally till then
+    finally:
+        dist.destroy_process_group()
+    plain = torch.nn.Linear(3, 2)
+    assert type(distributed.syncing_gradients(plain, False)) is type(contextlib.nullcontext())  # one process
 
 
 class InterruptAfter(logging.Handler):

@@ -29,11 +29,14 @@ def step_losses(run: Path) -> list[float]:
     return [e.value for e in events.Scalars("loss/train_step")]
 
 
-def test_two_processes_train_as_one_with_one_set_of_logs(tmp_path: Path) -> None:
-    cnn("cnn-train", *STEPS, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+# accumulated: the batches before each step's last skip the all-reduce (no_sync), the last averages their sum
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_processes_train_as_one_with_one_set_of_logs(accumulate: int, tmp_path: Path) -> None:
+    steps = [*STEPS, f"trainer.accumulate_grad_batches={accumulate}"]
+    cnn("cnn-train", *steps, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
     work = tmp_path / "ddp"
     work.mkdir()
-    proc = subprocess.run(torchrun(*STEPS), cwd=work, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun(*steps), cwd=work, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = list(work.glob("outputs/*/*"))
     assert len(runs) == 1 and {p.name for p in work.iterdir()} == {"outputs"}  # rank 1 wrote nothing
@@ -45,11 +48,11 @@ def test_two_processes_train_as_one_with_one_set_of_logs(tmp_path: Path) -> None
     assert "all 2 processes hold identical weights" in proc.stdout + proc.stderr
     # the same global batch of 32 split 16 + 16: the first step's loss is the single process's
     single, ddp = step_losses(tmp_path / "single"), step_losses(run)
-    assert len(ddp) == len(single) == 4
+    assert len(ddp) == len(single) == 4 // accumulate
     assert ddp[0] == pytest.approx(single[0], rel=1e-6)
     a = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # 4 steps later, equal but for rounding
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # 4 batches later, equal but for rounding
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(tmp_path: Path) -> None:
