@@ -14,12 +14,27 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from cnn_cli import userconfig
+from cnn_cli.cli import register
 from cnn_cli.errors import UserError
 from helpers import compose
 
 # the Hydra settings a config file could use to run code or write files
 GUARDED = ("callbacks", "job_logging", "hydra_logging", "sweeper", "launcher", "searchpath", "run", "sweep",
            "output_subdir", "job", "help", "verbose", "env")
+
+
+@pytest.fixture(autouse=True)
+def config_store_as_it_was():
+    """The configs a test stores in Hydra's ConfigStore leave with it: the store is process-wide,
+    and a later test's command, forked from this process, would list them as its own."""
+    register()  # what every command stores first (once a process) stays
+    repo = ConfigStore.instance().repo
+    groups = userconfig._shipped_groups() - {"hydra"}  # where a config folder's files go
+    before = {group: set(repo.get(group, {})) for group in groups}
+    yield
+    for group, names in before.items():
+        for name in set(repo.get(group, {})) - names:
+            del repo[group][name]
 
 
 def write(root: Path, files: dict[str, str | bytes]) -> Path:
