@@ -6,6 +6,7 @@ Imported by the test modules (`from helpers import ...`); pytest puts this folde
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import struct
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
 # the console scripts (cnn-train, ...) pip installed beside the Python that runs the tests
 BIN = Path(sys.executable).parent
@@ -40,14 +43,38 @@ MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 def compose(config: str, *overrides: str, hydra: bool = False):
     """A shipped config (train, summary, eval, predict, export) composed with `overrides` as its
     command composes it, cli.register() first; hydra=True keeps the hydra node (run folder,
-    callbacks). The one way the tests compose, in a test, a fixture or a helper alike."""
-    from hydra import compose as compose_config, initialize_config_module
+    callbacks). The one way the tests compose, in a test, a fixture or a helper alike.
 
+    Hydra takes a tenth of a second a compose and the fast tier asks for hundreds, a sixth of them
+    repeats: each (config, overrides, configs in Hydra's ConfigStore) is composed once a process,
+    and every caller gets its own copy. The hydra node holds the time and the working folder, so
+    it is composed afresh each time."""
     from cnn_cli.cli import register
 
     register()
+    if hydra:
+        return _compose(config, overrides, hydra)
+    key = (config, overrides, _stored_configs(ConfigStore.instance().repo))
+    if key not in _COMPOSED:
+        _COMPOSED[key] = _compose(config, overrides, hydra)
+    return copy.deepcopy(_COMPOSED[key])
+
+
+_COMPOSED: dict[tuple, DictConfig] = {}
+
+
+def _compose(config: str, overrides: tuple[str, ...], hydra: bool) -> DictConfig:
+    from hydra import compose as compose_config, initialize_config_module
+
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         return compose_config(config, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _stored_configs(group: dict) -> tuple:
+    """The ConfigStore's entries, each by name and identity: a test that stores a config of its own
+    (test_userconfig) composes afresh."""
+    return tuple((name, _stored_configs(entry) if isinstance(entry, dict) else id(entry))
+                 for name, entry in group.items())
 
 
 def train_here(run: Path, *overrides: str) -> Path:
