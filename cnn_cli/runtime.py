@@ -112,9 +112,9 @@ TAKEN_FROM = 0.25  # of a core: other work that uses more than this of a core ta
 def auto_threads(cores: int, busy: float, processes: int = 1) -> int:
     """Threads for one of `processes` training processes: the cores that other work leaves
     free, shared among them, and at least one. A core counts as taken once other work uses
-    more than a quarter of it, not a half: a thread on a core that is busy even part of the time makes
-    every OpenMP barrier wait for it, so one thread too many costs far more than one too
-    few (on 2 cores, two threads ran 3x slower than one on a busy machine and at most 1.7x
+    more than a quarter of it, not a half: a thread on a core that is busy even part of the
+    time makes every OpenMP barrier wait for it, so one thread too many costs far more than
+    one too few (on 2 cores, two threads ran 3x slower than one on a busy machine and at most 1.7x
     faster on an idle one, docs/performance.md; on more cores one more thread gains less),
     while an idle machine's own background work stays well below a quarter of a core."""
     free = cores - math.ceil(busy - TAKEN_FROM)
