@@ -14,6 +14,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
+from cnn_cli import cpu_use  # noqa: F401  first: its window on other processes' CPU use spans start-up
+
 import hydra
 from hydra._internal.hydra import Hydra
 from hydra.errors import HydraException

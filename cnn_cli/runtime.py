@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import sys
 
 import torch
 
+from cnn_cli import cpu_use
 from cnn_cli.errors import UserError
 
 PRECISIONS = ("32", "bf16", "16")
@@ -96,41 +98,42 @@ def make_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def free_cores() -> tuple[int, float]:
-    """The cores this process may run on and the load on the machine now (the 1-minute
-    load average: processes running or waiting for a core)."""
+def usable_cores() -> int:
+    """The cores this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity call
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows
-        load = 0.0
-    return cores, load
+        return os.cpu_count() or 1
 
 
-def auto_threads(cores: int, load: float, processes: int = 1) -> int:
-    """Threads for one of `processes` training processes: the cores that the load leaves
-    free, shared among them, and at least one. A thread on a busy core makes every OpenMP
-    barrier wait for it, so one thread too many costs far more than one too few
-    (docs/performance.md)."""
-    free = cores - round(load)
+TAKEN_FROM = 0.25  # of a core: other work that uses more than this of a core takes it
+
+
+def auto_threads(cores: int, busy: float, processes: int = 1) -> int:
+    """Threads for one of `processes` training processes: the cores that other work leaves
+    free, shared among them, and at least one. A core counts as taken once other work uses
+    more than a quarter of it, not a half: a thread on a core that is busy even part of the
+    time makes every OpenMP barrier wait for it, so one thread too many costs far more than
+    one too few (on 2 cores, two threads ran 3x slower than one on a busy machine and at most 1.7x
+    faster on an idle one, docs/performance.md; on more cores one more thread gains less),
+    while an idle machine's own background work stays well below a quarter of a core."""
+    free = cores - math.ceil(busy - TAKEN_FROM)
     return max(1, min(cores, free) // max(1, processes))
 
 
 def set_threads(setting: int | str | None, processes: int = 1) -> str:
     """Apply trainer.num_threads and say what was chosen and why: N forces N; null keeps
     PyTorch's choice; auto keeps OMP_NUM_THREADS if it is set (torchrun sets it), else fits
-    the cores that are free now."""
+    the cores that other work leaves free now (cpu_use.busy_elsewhere)."""
     if setting == "auto":
         if os.environ.get("OMP_NUM_THREADS"):
             return f"{torch.get_num_threads()} thread(s) (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
-        cores, load = free_cores()
-        threads = auto_threads(cores, load, processes)
+        cores = usable_cores()
+        busy, measured = cpu_use.busy_elsewhere()
+        threads = auto_threads(cores, busy, processes)
         torch.set_num_threads(threads)
         shared = f", shared by {processes} processes" if processes > 1 else ""
-        return (f"{threads} thread(s) (trainer.num_threads=auto: {cores} cores, load average {load:.2f}{shared}; "
+        return (f"{threads} thread(s) (trainer.num_threads=auto: {cores} cores, {measured}{shared}; "
                 "trainer.num_threads=N forces N)")
     if setting is not None:
         torch.set_num_threads(setting)
