@@ -121,14 +121,20 @@ def auto_threads(cores: int, busy: float, processes: int = 1) -> int:
     return max(1, min(cores, free) // max(1, processes))
 
 
-def set_threads(setting: int | str | None, processes: int = 1) -> str:
+def set_threads(setting: int | str | None, processes: int = 1, resumed_with: int | None = None) -> str:
     """Apply trainer.num_threads and say what was chosen and why: N forces N; null keeps
-    PyTorch's choice; auto keeps OMP_NUM_THREADS if it is set (torchrun sets it), else fits
-    the cores that other work leaves free now (cpu_use.busy_elsewhere)."""
+    PyTorch's choice; auto keeps OMP_NUM_THREADS if it is set (torchrun sets it), else the
+    count a deterministic run it resumes trained with (`resumed_with`: the thread count sets
+    the order of a float sum, so another count would not repeat the run bit for bit), else
+    fits the cores that other work leaves free now (cpu_use.busy_elsewhere)."""
     if setting == "auto":
         if os.environ.get("OMP_NUM_THREADS"):
             return f"{torch.get_num_threads()} thread(s) (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
         cores = usable_cores()
+        if isinstance(resumed_with, int) and 0 < resumed_with <= cores:
+            torch.set_num_threads(resumed_with)
+            return (f"{resumed_with} thread(s) (trainer.num_threads=auto, trainer.deterministic=true: as the run it "
+                    "resumes, so it repeats bit for bit; trainer.num_threads=N forces N)")
         busy, measured = cpu_use.busy_elsewhere()
         threads = auto_threads(cores, busy, processes)
         torch.set_num_threads(threads)

@@ -59,6 +59,7 @@ class Progress:
     seen: int = 0
     train_seconds: float = 0.0
     lr: float = 0.0  # the rate the epoch's last optimizer step used, which its row reports
+    threads: int = 0  # the thread count it trains with, which a deterministic resume keeps (runtime.set_threads)
     history: list[dict[str, float]] = field(default_factory=list)
     pretrained: list[str] = field(default_factory=list)  # parameters that came loaded: their own rate on resume
 
@@ -203,7 +204,8 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         device = torch.device("cuda", rank.local)  # one GPU per process
     precision = runtime.check_precision(trainer.precision, device)
     runtime.make_deterministic(trainer.deterministic)
-    threads = runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    kept = resumed["progress"].get("threads") if resumed is not None and trainer.deterministic else None
+    threads = runtime.set_threads(trainer.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), kept)
     runtime.reuse_freed_memory()
     torch.manual_seed(cfg.seed)
 
@@ -242,6 +244,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         run.load_state_dict(resumed, f"resume={resume}")
         log.info("resumed %s at epoch %d, batch %d (step %d)", run_dir, run.progress.epoch + 1, run.progress.batch,
                  run.progress.step)
+    run.progress.threads = torch.get_num_threads()
     return run
 
 

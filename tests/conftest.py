@@ -3,9 +3,15 @@ tests marked e2e start processes, so `pytest -m "not e2e and not slow"` is the f
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
+
+# One thread a test process, set before torch starts: pytest-xdist gives each worker a core, and a
+# test that compares two runs number for number needs both to sum in one order (trainer.num_threads=auto
+# keeps OMP_NUM_THREADS; its own choice, which follows other processes' load, is tested with it unset).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_configure(config):

@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from cnn_cli import cpu_use, runtime, schema
+from cnn_cli import cpu_use, runtime, schema, train
 from cnn_cli.errors import UserError
-from helpers import compose
+from helpers import compose, tiny, train_here
 
 
 
@@ -143,3 +143,31 @@ def test_a_count_forces_that_count(threads_kept) -> None:
 def test_a_thread_count_that_is_not_auto_or_a_count_is_refused(value: str) -> None:
     with pytest.raises(UserError, match=f"trainer.num_threads={value if value != 'true' else 'True'}: choose auto"):
         schema.check(compose("train", "dataset=mnist_sample", f"trainer.num_threads={value}"))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_deterministic_resume_keeps_the_thread_count_its_run_trained_with(deterministic: bool, threads_kept,
+                                                                             tmp_path, caplog) -> None:
+    """The thread count sets the order of a float sum, so a resumed deterministic run repeats an
+    uninterrupted one bit for bit only with the count that run trained with, whatever auto would
+    choose now; without trainer.deterministic auto chooses afresh."""
+    if runtime.usable_cores() < 2:
+        pytest.skip("one core: every count auto could keep is 1")
+    run = train_here(tmp_path / "run", *tiny(f"trainer.deterministic={deterministic}", "trainer.num_threads=2"))
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["progress"]["threads"] == 2
+    state["finished"] = False  # as if stopped before its end
+    torch.save(state, last)
+    torch.set_num_threads(1)
+    again = [f"resume={run}", "trainer.num_threads=auto"]
+    with caplog.at_level("INFO", logger="cnn_cli.train"):
+        resumed = train.prepare(compose("train", *again), run, again)
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("threads: "))
+    if deterministic:
+        assert said.startswith("threads: 2 thread(s) (trainer.num_threads=auto, trainer.deterministic=true: as the "
+                               "run it resumes")
+        assert torch.get_num_threads() == resumed.progress.threads == 2
+    else:
+        assert "busy" in said or "load" in said  # auto's own choice
+        assert resumed.progress.threads == torch.get_num_threads()
