@@ -45,19 +45,29 @@ def compose(config: str, *overrides: str, hydra: bool = False):
     command composes it, cli.register() first; hydra=True keeps the hydra node (run folder,
     callbacks). The one way the tests compose, in a test, a fixture or a helper alike.
 
-    Hydra takes a tenth of a second a compose and the fast tier asks for hundreds, a sixth of them
-    repeats: each (config, overrides, configs in Hydra's ConfigStore) is composed once a process,
-    and every caller gets its own copy. The hydra node holds the time and the working folder, so
-    it is composed afresh each time."""
+    Hydra takes a tenth of a second a compose, and the fast tier asks for hundreds, most of them
+    over a few choices of configs (model=, dataset=, ...). Hydra composes those choices, then sets
+    the other overrides' values on the result (ConfigLoaderImpl._apply_overrides_to_config); here the
+    choices are composed once a process (with the configs in the ConfigStore, which a test may add
+    to), and each call sets its values on its own copy with that same Hydra function. The hydra
+    node holds the time and the working folder: hydra=True composes afresh."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from cnn_cli.cli import register
 
     register()
-    if hydra:
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values = [override for override in parsed if not _chooses_a_config(override)]
+    if hydra or any(override.is_sweep_override() for override in values):  # Hydra refuses a sweep itself
         return _compose(config, overrides, hydra)
-    key = (config, overrides, _stored_configs(ConfigStore.instance().repo))
+    choices = tuple(override.input_line for override in parsed if _chooses_a_config(override))
+    key = (config, choices, _stored_configs(ConfigStore.instance().repo))
     if key not in _COMPOSED:
-        _COMPOSED[key] = _compose(config, overrides, hydra)
-    return copy.deepcopy(_COMPOSED[key])
+        _COMPOSED[key] = _compose(config, choices, hydra)
+    composed = copy.deepcopy(_COMPOSED[key])
+    ConfigLoaderImpl._apply_overrides_to_config(values, composed)
+    return composed
 
 
 _COMPOSED: dict[tuple, DictConfig] = {}
@@ -68,6 +78,21 @@ def _compose(config: str, overrides: tuple[str, ...], hydra: bool) -> DictConfig
 
     with initialize_config_module(config_module="cnn_cli.configs", version_base="1.3"):
         return compose_config(config, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _chooses_a_config(override) -> bool:
+    """model=lenet5, hydra/launcher=joblib, an override of hydra's settings, one with @package:
+    what Hydra's defaults list takes, not a value it sets afterwards."""
+    group = override.key_or_group.split("/")[0]
+    return override.package is not None or group.split(".")[0] == "hydra" or group in _config_groups()
+
+
+def _config_groups() -> set[str]:
+    """The shipped config groups and those in the ConfigStore (schema/, a test's own)."""
+    from importlib import resources
+
+    shipped = {folder.name for folder in resources.files("cnn_cli.configs").iterdir() if folder.is_dir()}
+    return shipped | {name for name, entry in ConfigStore.instance().repo.items() if isinstance(entry, dict)}
 
 
 def _stored_configs(group: dict) -> tuple:
