@@ -209,7 +209,8 @@ def resumed_config(resumed: dict[str, Any], task_overrides: list[str]) -> DictCo
 # trainer keys newer than some checkpoints, and what a run without them did
 BEFORE_THESE_KEYS = {"ema_decay": None, "tta": None, "accumulate_grad_batches": 1, "pictures_every_n_epochs": None,
                      "limit_test_batches": None, "overfit_batches": None, "profile_steps": None,
-                     "keep_run_folder": True,
+                     "keep_run_folder": True, "log_graph": True, "log_images": True, "checkpoints": True,
+                     "freeze": None, "pretrained_lr_scale": 1.0, "fit_to_data": False,
                      "early_stopping": {"patience": None, "monitor": "val_loss", "min_delta": 0.0}}
 
 

@@ -250,7 +250,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"trainer.progress={trainer.progress}: choose auto (bars on a terminal only), true or false")
     if not 0 <= trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1), e.g. 0.1")
-    if not trainer.get("pretrained_lr_scale", 1.0) > 0:
+    if not trainer.pretrained_lr_scale > 0:
         raise UserError(f"trainer.pretrained_lr_scale={trainer.pretrained_lr_scale} must be > 0, e.g. 0.1 (pretrained "
                         "layers learn at a tenth of optimizer.lr)")
     if trainer.grad_clip_norm is not None and not trainer.grad_clip_norm > 0:

@@ -141,7 +141,7 @@ class Run:
         self.resumed = True
 
     def save(self, name: str, finished: bool = False) -> None:
-        if not self.cfg.trainer.get("checkpoints", True):  # the best weights are still what the test set tests
+        if not self.cfg.trainer.checkpoints:  # the best weights are still what the test set tests
             if name == "best.pt":
                 self.best_weights = {key: value.clone() for key, value in self.evaluated.state_dict().items()}
         elif self.rank.main:  # the other processes hold the same state
@@ -217,14 +217,14 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
     model = _model(cfg, device, rank)
     log.info("threads: %s", threads)  # once the model fits: a layer that cannot is one line and nothing else
     loaded = resumed["progress"].get("pretrained", []) if resumed is not None else _start_weights(cfg, model)
-    frozen = transfer.frozen_layers(model, trainer.get("freeze"))
+    frozen = transfer.frozen_layers(model, trainer.freeze)
     transfer.freeze(model, frozen)
     data = _data(cfg, device, rank, opened)
     steps_per_epoch = data_mod.num_train_batches(len(data.train), trainer.batch_size)
     for limit in (trainer.limit_train_batches, trainer.overfit_batches):
         if limit:
             steps_per_epoch = min(steps_per_epoch, limit)
-    groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.get("pretrained_lr_scale", 1.0))
+    groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.pretrained_lr_scale)
     optimizer = optim.build_optimizer(cfg.optimizer, groups)
     optimizer_steps = -(-steps_per_epoch // trainer.accumulate_grad_batches)  # per epoch
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, optimizer_steps, trainer.epochs)
@@ -285,7 +285,7 @@ def _data(cfg: DictConfig, device: torch.device, rank: distributed.Rank, opened:
     if not len(data.test):
         raise UserError(f"{data.name} has no test samples, and the run ends with a report on them; "
                         f"{opened.source.empty_test_fix(cfg.dataset)}")
-    if trainer.get("fit_to_data"):
+    if trainer.fit_to_data:
         trainer.batch_size, trainer.epochs, said = recipe.fit_to_data(len(data.train))
         log.info("fit to the data: %s", said)
         optim.check(cfg, trainer.epochs)  # a warm-up must still be shorter than the run
@@ -312,7 +312,7 @@ def train(run: Run) -> float:
         if rank.main else _NoWriter()
     try:
         if not run.resumed:
-            if trainer.get("log_graph", True):
+            if trainer.log_graph:
                 _log_graph(writer, run.model, run.data)
             writer.add_custom_scalars(tb.CHARTS)
             if rank.main:
@@ -334,7 +334,7 @@ def train(run: Run) -> float:
                     end_epoch(run, writer)
                 if stopped:
                     run.save("last.pt")
-                    if rank.main and not trainer.get("checkpoints", True):
+                    if rank.main and not trainer.checkpoints:
                         log.warning("stopped at epoch %d, step %d; nothing saved (trainer.checkpoints=false)",
                                     progress.epoch + 1, progress.step)
                     elif rank.main:
@@ -549,7 +549,7 @@ def finish(run: Run, writer: SummaryWriter) -> float:
     validated = bool(len(data.val))
     metrics = {"best_val_acc": progress.best_acc if validated else None, "best_epoch": progress.best_epoch,
                "test_acc": test.accuracy, "test_loss": test.loss}
-    if rank.main and cfg.trainer.get("log_images", True):
+    if rank.main and cfg.trainer.log_images:
         tb.add_picture(writer, functools.partial(tb.mistakes_grid, shard.images, test.predictions, test.labels,
                                                  list(cfg.dataset.classes), data.mean, data.std), progress.step)
         _log_pictures(run, writer, best)

@@ -333,6 +333,9 @@ def test_resume_accepts_only_overrides_that_keep_the_run_exact() -> None:
     stored = {"config": {"seed": 0, "trainer": {"device": "auto", "batch_size": 32}}}
     cfg = resumed_config(stored, ["resume=outputs/x", "trainer.device=cpu"])
     assert cfg.trainer.device == "cpu" and cfg.trainer.batch_size == 32
+    # keys newer than the checkpoint: what a run without them did (a graph, pictures and checkpoints)
+    assert (cfg.trainer.log_graph, cfg.trainer.log_images, cfg.trainer.checkpoints, cfg.trainer.freeze,
+            cfg.trainer.fit_to_data, cfg.trainer.tta) == (True, True, True, None, False, None)
     for changed in ("trainer.batch_size=64", "seed=1", "model=lenet5_bn", "+trainer.foo=1"):
         with pytest.raises(UserError, match="continues exactly as it started"):
             resumed_config(stored, ["resume=outputs/x", changed])
