@@ -244,14 +244,19 @@ def train_batches(data: Data, batch_size: int, plan: EpochPlan, crop_padding: in
     split = data.train
     count = num_train_batches(len(split), batch_size)
     part = batch_size // world
+    # the plan goes to the device once an epoch: a copy from the host to a GPU each step would first
+    # wait for every step queued before it (CUDA syncs the stream before a copy from pageable memory)
+    order, offsets, flips = (None if t is None else t.to(split.labels.device)
+                             for t in (plan.order, plan.offsets, plan.flips))
+    mapped = not isinstance(split.images, Tensor)  # reads just the samples asked for, found on the host
     for b in range(start, count if stop is None else min(stop, count)):
         pos = slice(b * batch_size + rank * part, b * batch_size + (rank + 1) * part)
-        idx = plan.order[pos].to(split.labels.device)
-        images = split.images[idx]  # a mapped split reads just these samples and moves them to the device
-        if plan.offsets is not None:
-            images = random_crop(images, plan.offsets[pos].to(images.device), crop_padding)
-        if plan.flips is not None:
-            images = flip_where(images, plan.flips[pos].to(images.device))
+        idx = order[pos]
+        images = split.images[plan.order[pos] if mapped else idx]  # on the device either way
+        if offsets is not None:
+            images = random_crop(images, offsets[pos], crop_padding)
+        if flips is not None:
+            images = flip_where(images, flips[pos])
         yield normalize(images, data.mean, data.std), split.labels[idx]
 
 
