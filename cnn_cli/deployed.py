@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from cnn_cli import anysize, contract, data as data_mod
+from cnn_cli import anysize, contract, data as data_mod, tta
 from cnn_cli.errors import UserError, first_line
 
 SUFFIXES = (".onnx", ".pt2")  # always exported files; a .pt is one when its sidecar lies beside it
@@ -36,9 +36,10 @@ def load(path: Path) -> tuple[dict[str, Any], Callable[[Tensor], Tensor]]:
     info = spec.get("file")
     steps = info.get("in_model") if isinstance(info, dict) else None
     if not (isinstance(info, dict) and info.get("format") in FORMATS and isinstance(steps, list)
-            and all(step in anysize.STEPS for step in steps)):
+            and all(step in anysize.STEPS for step in steps) and info.get("tta") in (None, *tta.CHOICES)):
         raise UserError(f"{side}: file is {json.dumps(info)[:80]}, not the exported file's format "
-                        f"({', '.join(FORMATS)}) and the steps it does itself; export the model again with cnn-export")
+                        f"({', '.join(FORMATS)}), the steps it does itself and its test-time augmentation (tta); "
+                        "export the model again with cnn-export")
     fmt = FORMATS[info["format"]]
     if info["format"] == "onnx":
         require_onnx()

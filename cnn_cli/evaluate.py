@@ -89,9 +89,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.info("evaluating %s", path)
     batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
     amp = functools.partial(runtime.autocast, device, precision)
-    # as the run validated and tested; a checkpoint written before trainer.tta existed has no such key (its
-    # stored config is read as it is, not merged with the schema): its run scored each image once
-    tta = train_cfg.trainer.get("tta")
+    tta = trained.tta  # as the run validated and tested
     result = evaluate(model, data, split, batch_size, amp=amp, memory_format=memory_format, tta=tta)
     classes = list(train_cfg.dataset.classes)
     matrix = result.confusion(len(classes))

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnn_cli import anysize, contract, data as data_mod, files, sources
+from cnn_cli import anysize, contract, data as data_mod, files, sources, tta as tta_mod
 from cnn_cli.errors import UserError, first_line
 from cnn_cli.trained import Trained, load_trained
 from cnn_cli.fuse import fuse_batchnorm
@@ -193,7 +193,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     out = files.output_file(cfg.output) if cfg.output else trained.path.with_name(trained.path.stem + fmt.suffix)
     if files.is_checkpoint(out):  # the default name beside a checkpoint named like an export
         raise UserError(f"{out} (the default output) is a checkpoint; give another file name with output=FILE")
-    net = Deployable(fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model, trained, cfg.preprocess).eval()
+    model = fuse_batchnorm(trained.model) if cfg.fuse_bn else trained.model
+    # then the run's trainer.tta around it: the file scores as cnn-eval and cnn-predict do
+    net = Deployable(tta_mod.wrap(model, trained.tta), trained, cfg.preprocess).eval()
     raw, source = verification_samples(trained.config, cfg.root, cfg.verify_inputs)
     feed = (lambda x: x) if cfg.preprocess else trained.normalize
     spec = contract.of(trained.config.dataset)
@@ -202,7 +204,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     spec["file"] = {"format": cfg.format, "input": anysize.INPUT if cfg.any_size else INPUT, "output": OUTPUT,
                     "input_dtype": str(feed(raw[:1]).dtype).removeprefix("torch."),
                     "input_layout": "HWC, any H and W, one image" if cfg.any_size else "NCHW",
-                    "in_model": anysize.STEPS if cfg.any_size else ["scale", "normalize"] if cfg.preprocess else []}
+                    "in_model": anysize.STEPS if cfg.any_size else ["scale", "normalize"] if cfg.preprocess else [],
+                    "tta": trained.tta}  # flip: the file's logits are already the mean of each image and its mirror
     meta = {**_metadata(trained, cfg.preprocess, raw.dtype), CONTRACT: json.dumps(spec)}
     if cfg.any_size:
         meta["input"] = f"{anysize.INPUT}: one decoded image, H x W x {spec['input_shape'][0]} uint8 of any H and W"
@@ -235,7 +238,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         raise
     report.update({"output": str(out), "contract": str(side), "format": cfg.format, "bytes": out.stat().st_size,
                    "verified_on": source + " at the model's size (kept as it is by the resize)" * cfg.any_size,
-                   "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "contract_line": contract.describe(spec)})
+                   "fuse_bn": cfg.fuse_bn, "preprocess": cfg.preprocess, "tta": trained.tta,
+                   "contract_line": contract.describe(spec)})
     return report
 
 
@@ -272,13 +276,16 @@ def _metadata(trained: Trained, preprocess: bool, raw: torch.dtype) -> dict[str,
             "model": str(trained.config.model.name),
             "input": f"{shape} {'uint8 raw pixels' if raw == torch.uint8 else 'float32 raw readings'}" if preprocess
                      else f"{shape} float32, normalised: ({scaled} - mean) / std",
-            "mean": json.dumps(trained.mean.tolist()), "std": json.dumps(trained.std.tolist())}
+            "mean": json.dumps(trained.mean.tolist()), "std": json.dumps(trained.std.tolist()),
+            "tta": f"{trained.tta}: the logits are already the mean of each image's and its mirror image's"
+                   if trained.tta else "none"}
 
 
 def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trained: Trained, raw: Tensor,
             feed: Callable[[Tensor], Tensor], name: str) -> dict[str, Any]:
     """Run the written file with its own runtime on one sample and on the whole batch (a
-    dynamic batch axis), against the checkpoint's PyTorch model as trained (batchnorm not folded)."""
+    dynamic batch axis), against the checkpoint's PyTorch model as trained (batchnorm not folded) and
+    as its run scored (trainer.tta)."""
     try:
         run = load(path)
     except Exception as err:  # each runtime raises its own kinds
@@ -286,7 +293,7 @@ def _verify(load: Callable[[Path], Callable[[Tensor], Tensor]], path: Path, trai
                         f"({first_line(err)[:200]}); nothing was kept") from None
     worst, agree = 0.0, 0
     with torch.inference_mode():
-        expected = trained.model(trained.normalize(raw))
+        expected = trained.scoring()(trained.normalize(raw))
         if not expected.isfinite().all():  # then every comparison below would pass or fail by accident
             raise UserError(f"the checkpoint's model gives non-finite logits (NaN or inf) on {len(raw)} verification "
                             "samples: its weights or its dataset.mean/std are damaged; nothing was kept. Export a "
@@ -374,7 +381,9 @@ def describe(report: dict[str, Any]) -> str:
     """The lines cnn-export prints."""
     return "\n".join([
         f"written {report['output']} ({report['format']}, {report['bytes'] / 1e6:.2f} MB; batchnorm "
-        f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw' if report['preprocess'] else 'normalised'} input)",
+        f"{'folded' if report['fuse_bn'] else 'kept'}; {'raw' if report['preprocess'] else 'normalised'} input"
+        + "; each image averaged with its mirror image, as trainer.tta=flip scored it" * (report["tta"] == "flip")
+        + ")",
         f"input {report['input_spec']} -> output {report['output_spec']}",
         f"preprocessing contract {report['contract']}: {report['contract_line']}",
         f"verified with its own runtime on {report['verified_on']}: largest logit difference from PyTorch "

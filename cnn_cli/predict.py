@@ -82,7 +82,7 @@ def _open(path: Path, given: str, device: torch.device) -> tuple[dict[str, Any],
         spec, logits = deployed.load(path)
         return spec, lambda batch: logits(batch.cpu()), EXPORTED_BATCH
     trained = load_trained(given)
-    model = trained.model.to(device)
+    model = trained.scoring().to(device)  # as cnn-eval scores it: with the run's trainer.tta
 
     def logits(batch: Tensor) -> Tensor:
         with torch.inference_mode():
