@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cnn_cli import data, idx, optim, runtime
 from cnn_cli.builder import build_from_config
@@ -20,16 +19,17 @@ from helpers import compose, write_idx
 
 
 
-@pytest.mark.parametrize("name, extra", [("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
-                                         ("AdamW", {}), ("RMSprop", {"momentum": 0.5})])
-def test_the_lean_step_updates_exactly_as_torch_optim_does(name: str, extra: dict) -> None:
+@pytest.mark.parametrize("name, extra", [("SGD", {"momentum", "nesterov", "weight_decay"}),
+                                         ("AdamW", {"betas", "weight_decay"}), ("RMSprop", {"alpha"})])
+def test_the_lean_step_updates_exactly_as_torch_optim_does(name: str, extra: set) -> None:
     torch.manual_seed(0)
     ours, theirs = (torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)) for _ in range(2))
     theirs.load_state_dict(ours.state_dict())
-    built = optim.build_optimizer(OmegaConf.create({"name": name, "lr": 0.05, "foreach": None, **extra}),
-                                  ours.parameters())
-    plain = getattr(torch.optim, name)(theirs.parameters(), lr=0.05, foreach=True, **extra)
-    assert built.defaults["foreach"] is True  # foreach=null: one kernel call for all parameters, on any device
+    built = optim.build_optimizer(compose("train", f"optimizer={name.lower()}").optimizer, ours.parameters(),
+                                  torch.device("cpu"))
+    extra = {key: built.defaults[key] for key in extra}  # the config's (optimizer=sgd: Nesterov 0.9, ...)
+    kernels = {key: built.defaults[key] for key in ("foreach", "fused") if key in built.defaults}
+    plain = getattr(torch.optim, name)(theirs.parameters(), lr=built.defaults["lr"], **kernels, **extra)
     schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=4) for o in (built, plain)]
     for step in range(4):
         x = torch.randn(8, 5)
@@ -42,6 +42,38 @@ def test_the_lean_step_updates_exactly_as_torch_optim_does(name: str, extra: dic
                 schedule.step()
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, settings, kernels", [
+    ("SGD", {}, {"fused": True, "foreach": None}),  # one call updates every parameter
+    ("Adam", {}, {"fused": True, "foreach": None}),
+    ("AdamW", {}, {"fused": True, "foreach": None}),
+    ("RMSprop", {}, {"foreach": True}),  # no fused kernel: foreach, on the CPU too
+    ("Adagrad", {}, {"fused": None, "foreach": True}),  # its fused kernel is CPU-only: a config must run anywhere
+    ("SGD", {"foreach": False}, {"fused": None, "foreach": False}),  # either key set: PyTorch's own rule
+    ("SGD", {"fused": False}, {"fused": False, "foreach": None}),
+    ("SGD", {"differentiable": True}, {"fused": None, "foreach": True}),  # fused cannot differentiate
+])
+def test_the_optimizer_gets_the_fastest_kernels_a_config_leaves_open(name: str, settings: dict,
+                                                                     kernels: dict) -> None:
+    cfg = compose("train", f"optimizer={name.lower()}", *(f"optimizer.{k}={v}" for k, v in settings.items()))
+    optimizer = optim.build_optimizer(cfg.optimizer, torch.nn.Linear(3, 2).parameters(), torch.device("cpu"))
+    assert {key: optimizer.defaults[key] for key in kernels} == kernels
+
+
+def test_a_resumed_optimizer_keeps_this_runs_kernels() -> None:
+    """A checkpoint's optimizer state from foreach kernels (an older run, another device)
+    resumes on this run's fused ones, with its momentum."""
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    model(torch.ones(4, 3)).sum().backward()
+    saved.step()
+    cfg = compose("train", "optimizer=sgd")
+    resumed = optim.build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
+    optim.load_state(resumed, saved.state_dict())
+    assert resumed.param_groups[0]["fused"] is True and resumed.param_groups[0]["foreach"] is None
+    assert resumed.param_groups[0]["lr"] == 0.1
+    assert torch.equal(resumed.state[model.weight]["momentum_buffer"], saved.state[model.weight]["momentum_buffer"])
 
 
 def test_the_idx_reader_reads_what_torchvision_reads(tmp_path) -> None:

@@ -270,7 +270,7 @@ def test_every_torch_optim_optimizer_is_a_config_choice_that_takes_a_step(name: 
     cfg = compose("train", f"optimizer={name.lower()}")
     optim.check(cfg, epochs=3)
     model = torch.nn.Linear(3, 2)
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
     assert type(optimizer).__name__ == name
     before = model.weight.detach().clone()
     model(torch.ones(4, 3)).square().sum().backward()
@@ -302,7 +302,8 @@ def test_configs_name_only_torch_optim_classes_with_their_own_arguments() -> Non
         with pytest.raises(UserError, match=message):  # before any data is read
             optim.check(changed, epochs=3)
     with pytest.raises(UserError, match="Invalid learning rate"):  # the constructor's own message, one line
-        optim.build_optimizer(OmegaConf.create({"name": "SGD", "lr": -1.0}), torch.nn.Linear(2, 2).parameters())
+        optim.build_optimizer(OmegaConf.create({"name": "SGD", "lr": -1.0}), torch.nn.Linear(2, 2).parameters(),
+                              torch.device("cpu"))
 
 
 def test_a_checkpoint_config_of_the_target_era_resumes_as_named_classes() -> None:
