@@ -47,17 +47,18 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int, limit:
     was_training = model.training
     model = tta_mod.wrap(model, tta)
     model.eval()
-    loss_sum, preds, labels = 0.0, [], []
+    losses, preds, labels = [], [], []  # kept on the device and read once: no wait on a GPU each batch
     with torch.inference_mode():
         for images, targets in data_mod.eval_batches(data, split, batch_size, limit):
             images = images.contiguous(memory_format=memory_format)
             with amp():
                 logits = model(images)
-            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            preds.append(logits.argmax(1).cpu())
-            labels.append(targets.cpu())
+            losses.append(F.cross_entropy(logits.float(), targets, reduction="sum"))
+            preds.append(logits.argmax(1))
+            labels.append(targets)
     model.train(was_training)
-    predictions, labels_all = torch.cat(preds), torch.cat(labels)
+    loss_sum = sum(torch.stack(losses).tolist())  # each batch's sum as a Python float, added in order
+    predictions, labels_all = torch.cat(preds).cpu(), torch.cat(labels).cpu()
     correct = (predictions == labels_all).sum().item()
     loss_sum, correct, n = distributed.sum_over_ranks([loss_sum, correct, len(labels_all)], split.labels.device)
     return EvalResult(loss_sum / n, correct / n, predictions, labels_all)

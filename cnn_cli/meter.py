@@ -47,14 +47,16 @@ class Meter:
     """The batches trained since the last read, their numbers still tensors on the device."""
 
     losses: list[Tensor] = field(default_factory=list)  # each batch's mean loss
-    correct: list[Tensor] = field(default_factory=list)  # each batch's count of right answers
+    predictions: list[Tensor] = field(default_factory=list)  # each batch's predicted classes
+    labels: list[Tensor] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # each batch's samples on this process
     steps: list[int] = field(default_factory=list)  # the optimizer step each batch is part of
 
     def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int) -> None:
         """One batch: its mean loss, its logits and the labels its accuracy is counted on."""
         self.losses.append(loss.detach())
-        self.correct.append((logits.detach().argmax(1) == labels).sum())
+        self.predictions.append(logits.detach().argmax(1))  # compared when read: one kernel a step, not three
+        self.labels.append(labels)
         self.sizes.append(len(labels))
         self.steps.append(step)
 
@@ -63,11 +65,11 @@ class Meter:
         (one exchange, which also agrees on whether to stop), and forget them."""
         if self.losses:
             means = torch.stack(self.losses).float().tolist()
-            correct = int(torch.stack(self.correct).sum())
+            correct = int((torch.cat(self.predictions) == torch.cat(self.labels)).sum())
         else:
             means, correct = [], 0
         loss_sums = [mean * size for mean, size in zip(means, self.sizes)]  # as loss.item() * len(labels)
         *loss_sums, correct, stopping = distributed.sum_over_ranks([*loss_sums, correct, float(stop)], device)
         read = Batches(loss_sums, [size * world for size in self.sizes], self.steps, int(correct), bool(stopping))
-        self.losses, self.correct, self.sizes, self.steps = [], [], [], []
+        self.losses, self.predictions, self.labels, self.sizes, self.steps = [], [], [], [], []
         return read
