@@ -404,7 +404,7 @@ def train_one_epoch(run: Run, writer: SummaryWriter, stop: StopRequest,
                     loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
                 numbers.add(loss, logits, labels, progress.step + 1)
                 if progress.batch % accumulate == 0:  # the first batch of an optimizer step
-                    run.optimizer.zero_grad(set_to_none=True)
+                    optim.clear_grads(run.optimizer)
                 # trainer.accumulate_grad_batches: the mean over the step's batches, as one larger batch's loss
                 group = min(accumulate, run.steps_per_epoch - progress.batch // accumulate * accumulate)
                 run.scaler.scale(loss / group if group > 1 else loss).backward()
