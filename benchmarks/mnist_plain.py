@@ -1,7 +1,8 @@
 """The hand-written anchor for experiment=mnist_speedrun: the same recipe as one plain PyTorch
 script written for speed, with nothing but torch and numpy imported.
 
-    python benchmarks/mnist_plain.py --root ../shared/data [--seed 0] [--steps 937] [--threads 1] [--device cpu]
+    python benchmarks/mnist_plain.py --root ../shared/data [--seed 0] [--steps 937] [--batch-size 64] [--threads 1]
+                                    [--device cpu]
 
 4 x [3x3 conv without bias -> 2x2 max-pool -> batchnorm -> ReLU] (8, 16, 32, 64 channels),
 linear 64 -> 10; SGD, Nesterov 0.9, weight decay 5e-4, written with foreach ops (torch.optim
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data", help="folder holding MNIST/raw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=937)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     args = parser.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
     params = list(model.parameters())
     buffers = [torch.zeros_like(p) for p in params]
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(args.seed)).to(device)
-    batch = 64
+    batch = args.batch_size
     started = time.perf_counter()
     for step in range(args.steps):
         i = order[step * batch:(step + 1) * batch]
