@@ -184,3 +184,27 @@ def test_a_training_step_reuses_the_memory_the_last_one_freed(tmp_path, monkeypa
 
     train.train_one_epoch(run, train._NoWriter(), train.StopRequest(), count)
     assert (faults[1] - faults[0]) / 30 < 50
+
+
+def test_the_lean_fused_step_takes_the_gradient_scalers_scale() -> None:
+    """precision=16 (CUDA) scales the loss; the fused kernel unscales inside and skips a step
+    whose gradients overflowed, through GradScaler's protocol, which the lean step keeps."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    theirs.load_state_dict(ours.state_dict())
+    built = optim.build_optimizer(compose("train", "optimizer=sgd").optimizer, ours.parameters(), torch.device("cpu"))
+    plain = torch.optim.SGD(theirs.parameters(), lr=built.defaults["lr"], momentum=0.9, nesterov=True,
+                            weight_decay=5e-4)  # the unscaled step, for comparison
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(4, 3)
+    scaler.scale(ours(x).square().sum()).backward()
+    scaler.step(built)
+    scaler.update()
+    theirs(x).square().sum().backward()
+    plain.step()
+    assert built.defaults["fused"] and torch.allclose(ours.weight, theirs.weight, atol=1e-6)
+    before = ours.weight.detach().clone()
+    scaler.scale(ours(x * float("inf")).square().sum()).backward()  # overflowed gradients: no step
+    scaler.step(built)
+    scaler.update()
+    assert torch.equal(ours.weight, before) and scaler.get_scale() == 512.0
