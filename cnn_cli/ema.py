@@ -27,8 +27,13 @@ class WeightAverage:
         """Move the average towards `model`'s weights after optimizer step `step` (1, 2, ...);
         batchnorm's running statistics are averaged too, its batch counter copied."""
         decay = min(self.decay, (1 + step) / (10 + step))
+        floats, counters = ([], []), ([], [])
         for average, now in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if average.is_floating_point():
-                average.lerp_(now, 1 - decay)
-            else:
-                average.copy_(now)
+            pair = floats if average.is_floating_point() else counters
+            pair[0].append(average)
+            pair[1].append(now)
+        # one call each for all tensors, not one a tensor: a GPU launches a few kernels, not hundreds
+        if floats[0]:
+            torch._foreach_lerp_(*floats, 1 - decay)
+        if counters[0]:  # none without batchnorm
+            torch._foreach_copy_(*counters)

@@ -142,6 +142,17 @@ def test_the_average_follows_the_weights_with_a_warming_up_decay() -> None:
     assert not average.model.weight.requires_grad
 
 
+def test_the_average_follows_batchnorm_statistics_and_copies_its_counter() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.5)
+    before = average.model[1].running_mean.clone()
+    model(torch.randn(4, 1, 3, 3) + 5)  # train mode: moves the running mean, counts a batch
+    average.update(model, 1)
+    decay = min(0.5, 2 / 11)
+    assert torch.allclose(average.model[1].running_mean, decay * before + (1 - decay) * model[1].running_mean)
+    assert average.model[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 1
+
+
 def test_with_ema_validation_best_pt_and_cnn_eval_use_the_averaged_weights(tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = trained(run, "model=lenet5_bn", "trainer.epochs=1", "trainer.batch_size=32",
