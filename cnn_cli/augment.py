@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from cnn_cli import runtime
 from cnn_cli.errors import UserError
 
 DEFAULTS: dict[str, Any] = {"resized_crop_scale": None, "resized_crop_ratio": [3 / 4, 4 / 3], "rotate": 0.0,
@@ -100,7 +101,8 @@ def _affine(images: Tensor, s: dict[str, Any], gen: torch.Generator) -> Tensor:
     aspect = height / width  # a rotation in pixels, written in the [-1, 1] coordinates of each axis
     theta = torch.stack([torch.stack([w * cos, -w * sin * aspect, cx], 1),
                          torch.stack([h * sin / aspect, h * cos, cy], 1)], 1)
-    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    grid = F.affine_grid(runtime.to_device(theta.to(images.dtype), images.device), list(images.shape),
+                         align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -114,13 +116,13 @@ def _colour(images: Tensor, s: dict[str, Any], mean: Any, std: Any, gen: torch.G
     x = images * sd + m
 
     def factor(key: str) -> Tensor:
-        return _uniform(n, 1 - s[key], 1 + s[key], gen).to(images.device, images.dtype).view(-1, 1, 1, 1)
+        return runtime.to_device(_uniform(n, 1 - s[key], 1 + s[key], gen).to(images.dtype), images.device).view(
+            -1, 1, 1, 1)
 
     def grey(x: Tensor) -> Tensor:
         if x.shape[1] != 3:
             return x.mean(1, keepdim=True)
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(view)
-        return (x * weights).sum(1, keepdim=True)
+        return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]  # no weights tensor to copy each step
 
     if s["brightness"]:
         x = (x * factor("brightness")).clamp(0, 1)
@@ -138,7 +140,7 @@ def _mix(images: Tensor, labels: Tensor, s: dict[str, Any], num_classes: int, ge
     batch takes one of them at even odds. The targets mix the one-hot labels in the same shares."""
     use_cutmix = s["cutmix"] and (not s["mixup"] or rng.random() < 0.5)
     lam = float(rng.beta(s["cutmix"], s["cutmix"]) if use_cutmix else rng.beta(s["mixup"], s["mixup"]))
-    partner = torch.randperm(len(images), generator=gen).to(images.device)
+    partner = runtime.to_device(torch.randperm(len(images), generator=gen), images.device)
     if use_cutmix:
         height, width = images.shape[2:]
         cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))

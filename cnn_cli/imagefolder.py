@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from cnn_cli import bounds, images
+from cnn_cli import bounds, images, runtime
 from cnn_cli.errors import DataMissing, UserError, first_line, printable
 from cnn_cli.files import write_file, write_text
 
@@ -498,6 +498,4 @@ class MappedSamples:
         if self._read > self.budget / 2:
             release(self.mapping)
             self._read = 0
-        if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.to(self.device)
+        return runtime.to_device(batch, self.device)

@@ -60,6 +60,15 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the work queued there: to a GPU through
+    pinned memory, asynchronously (a copy from ordinary memory first waits for every kernel
+    queued before it, so a copy each step would keep the host from running ahead)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 # What trainer.channels_last=true does for each batch rank, in one place. 4-D batches
 # (N, C, H, W) go channels-last (NHWC): faster on CPU and GPU (docs/performance.md). 5-D
 # batches (N, C, D, H, W) go channels_last_3d (NDHWC): faster for voxel_cnn3d on this
