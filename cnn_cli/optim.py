@@ -117,11 +117,12 @@ def _check_monitor(scheduler: DictConfig) -> None:
                         "warm-up (PyTorch's SequentialLR would not pass it the metric); set it to 0")
 
 
-def build_optimizer(cfg: DictConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
-    """The configured optimizer, on parameters on `device`, with the fastest kernels it has
-    (`_kernels`). Its step skips torch.optim's torch._dynamo wrappers (`_without_dynamo`)."""
+def build_optimizer(cfg: DictConfig, params: Any, device: torch.device, scaled: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer, on parameters on `device` (`scaled`: under a gradient scaler,
+    precision=16), with the fastest kernels it has (`_kernels`). Its step skips torch.optim's
+    torch._dynamo wrappers (`_without_dynamo`)."""
     options = OmegaConf.to_container(cfg, resolve=True)
-    _kernels(options, device)
+    _kernels(options, device, scaled)
     _skip_dynamo_disable()
     return _without_dynamo(_construct("optimizer", OPTIMIZERS, options, params))
 
@@ -132,13 +133,16 @@ def build_optimizer(cfg: DictConfig, params: Any, device: torch.device) -> torch
 FUSED = {"SGD", "Adam", "AdamW"}
 
 
-def _kernels(options: dict[str, Any], device: torch.device) -> None:
+def _kernels(options: dict[str, Any], device: torch.device, scaled: bool) -> None:
     """foreach=null and fused=null (PyTorch's defaults) mean the fastest kernels here, on
     every device: fused where the class has them for this device, else foreach (one call for
-    all parameters instead of one each). Setting either key keeps PyTorch's own rule."""
+    all parameters instead of one each). Setting either key keeps PyTorch's own rule.
+    Not fused SGD under a gradient scaler: when its first step overflows (a scaler's first
+    scale often does), PyTorch's fused SGD keeps momentum buffers it never filled."""
     if "foreach" not in options or options["foreach"] is not None or options.get("fused") is not None:
         return
-    fused = options["name"] in FUSED and device.type in ("cpu", "cuda") and not options.get("differentiable")
+    fused = (options["name"] in FUSED and device.type in ("cpu", "cuda") and not options.get("differentiable")
+             and not (scaled and options["name"] == "SGD"))
     options["fused" if fused else "foreach"] = True
 
 
@@ -146,9 +150,9 @@ def load_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """A saved optimizer state, its kernels this run's choice (`_kernels`), not the saving
     run's: another device or PyTorch may lack the saved ones."""
     kernels = [{key: group[key] for key in ("foreach", "fused") if key in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, chosen in zip(optimizer.param_groups, kernels):
-        group.update(chosen)
+    # into the saved groups before loading: PyTorch places Adam's step counters by them (fused: on the device)
+    groups = [{**saved, **(kernels[i] if i < len(kernels) else {})} for i, saved in enumerate(state["param_groups"])]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def clear_grads(optimizer: torch.optim.Optimizer) -> None:

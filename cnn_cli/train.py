@@ -225,7 +225,7 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str]) -> Run:
         if limit:
             steps_per_epoch = min(steps_per_epoch, limit)
     groups = transfer.param_groups(model, loaded, cfg.optimizer.lr, trainer.pretrained_lr_scale)
-    optimizer = optim.build_optimizer(cfg.optimizer, groups, device)
+    optimizer = optim.build_optimizer(cfg.optimizer, groups, device, scaled=precision == "16")
     optimizer_steps = -(-steps_per_epoch // trainer.accumulate_grad_batches)  # per epoch
     scheduler, per_step = optim.build_scheduler(cfg.scheduler, optimizer, optimizer_steps, trainer.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")

@@ -76,6 +76,23 @@ def test_a_resumed_optimizer_keeps_this_runs_kernels() -> None:
     assert torch.equal(resumed.state[model.weight]["momentum_buffer"], saved.state[model.weight]["momentum_buffer"])
 
 
+def test_a_resumed_fused_adam_finds_its_step_counters_beside_the_weights() -> None:
+    """Fused Adam wants each step counter on its parameter's device (a GPU), foreach Adam
+    keeps them on the host; PyTorch places them by the loaded groups' kernels, so those must
+    be this run's. Parameters on the meta device stand in for a GPU's here."""
+    model = torch.nn.Linear(3, 2)
+    saved = torch.optim.AdamW(model.parameters(), foreach=True)
+    model(torch.ones(4, 3)).sum().backward()
+    saved.step()
+    assert saved.state[model.weight]["step"].device.type == "cpu"
+    on_meta = torch.nn.Linear(3, 2, device="meta")
+    resumed = optim.build_optimizer(compose("train", "optimizer=adamw").optimizer, on_meta.parameters(),
+                                    torch.device("cuda"))  # the kernels a GPU run chooses
+    optim.load_state(resumed, saved.state_dict())
+    assert resumed.param_groups[0]["fused"] is True
+    assert resumed.state[on_meta.weight]["step"].device.type == "meta"
+
+
 def test_the_idx_reader_reads_what_torchvision_reads(tmp_path) -> None:
     from torchvision.datasets import MNIST
 
@@ -192,9 +209,10 @@ def test_the_lean_fused_step_takes_the_gradient_scalers_scale() -> None:
     torch.manual_seed(0)
     ours, theirs = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     theirs.load_state_dict(ours.state_dict())
-    built = optim.build_optimizer(compose("train", "optimizer=sgd").optimizer, ours.parameters(), torch.device("cpu"))
-    plain = torch.optim.SGD(theirs.parameters(), lr=built.defaults["lr"], momentum=0.9, nesterov=True,
-                            weight_decay=5e-4)  # the unscaled step, for comparison
+    built = optim.build_optimizer(compose("train", "optimizer=adamw").optimizer, ours.parameters(),
+                                  torch.device("cpu"), scaled=True)
+    plain = torch.optim.AdamW(theirs.parameters(), lr=built.defaults["lr"], weight_decay=built.defaults["weight_decay"],
+                              fused=True)  # the unscaled step, for comparison
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     x = torch.randn(4, 3)
     scaler.scale(ours(x).square().sum()).backward()
@@ -208,3 +226,28 @@ def test_the_lean_fused_step_takes_the_gradient_scalers_scale() -> None:
     scaler.step(built)
     scaler.update()
     assert torch.equal(ours.weight, before) and scaler.get_scale() == 512.0
+
+
+def test_sgd_under_a_gradient_scaler_survives_an_overflowed_first_step() -> None:
+    """A scaler's first scale (2**16) often overflows the first step. PyTorch's fused SGD then
+    keeps momentum buffers it never filled, so under a scaler SGD gets foreach kernels,
+    whose buffers and weights stay exactly as they were."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    built = optim.build_optimizer(compose("train", "optimizer=sgd").optimizer, model.parameters(),
+                                  torch.device("cpu"), scaled=True)
+    assert built.defaults["foreach"] is True and not built.defaults["fused"]
+    before = model.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu")
+    for step in range(2):
+        junk = [torch.full((64, 64), 1e30) for _ in range(4)]  # freed memory full of large numbers, to be reused
+        del junk
+        optim.clear_grads(built)
+        x = torch.randn(8, 64) * (float("inf") if step == 0 else 1)
+        scaler.scale(model(x).square().mean()).backward()
+        scaler.step(built)
+        scaler.update()
+        if step == 0:
+            assert torch.equal(model.weight, before)
+    assert built.state[model.weight]["momentum_buffer"].abs().max() < 1
+    assert (model.weight - before).abs().max() < 1
