@@ -2,7 +2,8 @@
 # cnn-cli on one CUDA GPU, in one go (about 5 minutes), each part on its own so that one
 # failure does not hide the rest:
 #   checks    the features on CUDA: lenet5_bn on full MNIST, then cnn-eval fuse_bn, cnn-export
-#             (onnx, torchscript), cnn-predict on PNGs and on the .onnx; resnet18 with
+#             (onnx, torchscript), cnn-predict on PNGs and on the .onnx; precision=16 with SGD and
+#             AdamW (the gradient scaler with foreach and fused kernels); resnet18 with
 #             photo augmentation, EMA and bf16 on random 64x64 images, and a transfer from it
 #   speedrun  experiment=mnist_speedrun on the GPU, seeds 0-4 (accuracy, training seconds), and
 #             benchmarks/speedrun.py against the plain script on the GPU, interleaved
@@ -82,6 +83,13 @@ for i in range(8):
 PY
   cnn-predict checkpoint="$run/checkpoints/best.pt" inputs="[$photos]" device="$DEVICE" || return
   cnn-predict checkpoint="$run/checkpoints/best.onnx" inputs="[$photos]" || return
+  if [ "$DEVICE" != cpu ]; then  # precision=16 is for CUDA only
+    for optimizer in sgd adamw; do
+      cnn-train model=lenet5_bn dataset.root="$ROOT" trainer.device="$DEVICE" trainer.precision=16 \
+        optimizer=$optimizer trainer.epochs=1 trainer.limit_train_batches=100 trainer.limit_val_batches=2 \
+        trainer.progress=false hydra.run.dir="$WORK/fp16_$optimizer" 2>&1 | grep -E "epoch 1/1|test acc|rror" || return
+    done
+  fi
   local photo=(model=resnet18 dataset=random 'dataset.input_shape=[3,64,64]' 'dataset.num_images=[512,128]'
                dataset.val_size=128 trainer.device="$DEVICE" trainer.progress=false trainer.batch_size=64)
   quick && photo+=('dataset.input_shape=[3,32,32]' 'dataset.num_images=[48,16]' dataset.val_size=16
