@@ -186,8 +186,8 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
 
 def normalizer(mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, dtype: torch.dtype, dims: int,
                device: torch.device) -> Callable[[Tensor], Tensor]:
-    """normalize() for batches of this dtype and rank, its factors worked out once: the
-    batch loops' each batch is then two passes and no small tensor op (kernel launches, on a GPU)."""
+    """normalize() for batches of this dtype and rank, its factors worked out once, so that
+    each batch of a loop is two passes and no small tensor op (each one a kernel launch on a GPU)."""
     shape = (1, -1) + (1,) * (dims - 2)  # broadcast over the batch and every spatial axis
     mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(shape)
     std = torch.as_tensor(std, dtype=torch.float32, device=device).view(shape)
