@@ -116,8 +116,8 @@ def _colour(images: Tensor, s: dict[str, Any], mean: Any, std: Any, gen: torch.G
     x = images * sd + m
 
     def factor(key: str) -> Tensor:
-        return runtime.to_device(_uniform(n, 1 - s[key], 1 + s[key], gen).to(images.dtype), images.device).view(
-            -1, 1, 1, 1)
+        draws = _uniform(n, 1 - s[key], 1 + s[key], gen).to(images.dtype)
+        return runtime.to_device(draws, images.device).view(-1, 1, 1, 1)
 
     def grey(x: Tensor) -> Tensor:
         if x.shape[1] != 3:
